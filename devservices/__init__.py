@@ -1,0 +1,1 @@
+"""Local development services for tests, the demo and benchmarks. Never deployed."""

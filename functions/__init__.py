@@ -1,0 +1,1 @@
+"""Thin trigger adapters. Each module holds one Blueprint; the logic lives in `shared/`."""

@@ -1,0 +1,1 @@
+"""SMTP AUTH Guard library: settings, Exchange client, store, planner, applier, sweep engine and CLI."""

@@ -1,0 +1,55 @@
+"""The app's one exception hierarchy. Each error says what went wrong in a sentence an admin can act on."""
+
+from __future__ import annotations
+
+
+class GuardError(Exception):
+    """Base for every error the app raises on purpose."""
+
+
+class InputError(GuardError):
+    """Bad input from a user or caller. Names the field; nothing was written."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class RefusedError(GuardError):
+    """A safety rule stopped the run before any change (fail closed, cap, lease, stale plan)."""
+
+
+class StoreError(GuardError):
+    """Table storage could not be read or written."""
+
+
+class NotInstalledError(StoreError, RefusedError):
+    """The install marker is missing: this store was never initialised with `init`."""
+
+
+class WrongTenantError(StoreError, RefusedError):
+    """The install marker names another tenant: this is the wrong store."""
+
+
+class ExchangeError(GuardError):
+    """The Exchange admin endpoint failed."""
+
+
+class ExchangeCommandError(ExchangeError):
+    """A cmdlet failed. `error_type` is the Exchange exception class, e.g. ManagementObjectNotFoundException."""
+
+    def __init__(self, cmdlet: str, status: int, error_type: str, message: str) -> None:
+        self.cmdlet = cmdlet
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        super().__init__(f"{cmdlet} failed with HTTP {status}: {error_type}: {message}")
+
+
+class MailboxNotFoundError(ExchangeCommandError):
+    """Exchange has no mailbox with that identity."""
+
+
+class IncompleteListingError(ExchangeError):
+    """A mailbox listing did not finish, so the plan cannot be trusted."""

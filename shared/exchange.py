@@ -1,0 +1,347 @@
+"""Async client for the Exchange Online admin REST endpoint (InvokeCommand and $batch).
+
+Microsoft does not document this endpoint; ../shared/design.md records what public clients show.
+Built on azure-core's pipeline: bearer tokens and retries (with Retry-After) come from its policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import quote
+
+from azure.core import AsyncPipelineClient
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError
+from azure.core.pipeline.policies import (
+    AsyncBearerTokenCredentialPolicy,
+    AsyncRetryPolicy,
+    HeadersPolicy,
+    HttpLoggingPolicy,
+    UserAgentPolicy,
+)
+from azure.core.rest import AsyncHttpResponse, HttpRequest
+
+from shared.errors import (
+    ExchangeCommandError,
+    ExchangeError,
+    IncompleteListingError,
+    MailboxNotFoundError,
+)
+from shared.reconcile import MailboxState
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT: Final = "smtp-auth-guard/0.1"
+BATCH_LIMIT: Final = 10  # the endpoint refuses more sub-requests per $batch
+PAGE_SIZE: Final = 1000
+CAS_SELECT: Final = ("Guid", "PrimarySmtpAddress", "SmtpClientAuthenticationDisabled", "WhenChangedUTC")
+# Throttled or failing sub-requests of a $batch are invisible to the pipeline; this bounds their re-sends.
+BATCH_ITEM_ATTEMPTS: Final = 6
+_TRANSIENT: Final = frozenset({408, 429, 500, 502, 503, 504})
+_NOT_FOUND_TYPES: Final = ("ManagementObjectNotFoundException", "RecipientNotFoundException")
+
+
+def opath_datetime(moment: datetime) -> str:
+    """A UTC date literal for `-Filter` on the *UTC properties.
+
+    The one place dates are put into filters: en-US month/day order, as the service parses it.
+    """
+    return moment.astimezone(UTC).strftime("%m/%d/%Y %H:%M:%S")
+
+
+def parse_exchange_datetime(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    text = value.rstrip("Z")
+    if "." in text:  # Exchange sends 7 fractional digits; Python parses at most 6.
+        head, fraction = text.split(".", 1)
+        text = f"{head}.{fraction[:6]}"
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+class ExchangeRetryPolicy(AsyncRetryPolicy):
+    """azure-core's retry policy, configured for Exchange.
+
+    Every call is a POST, and every call is idempotent here (Get cmdlets, and Set to an absolute
+    value), so POST is retried. Backoff gets jitter and a non-zero first delay; Retry-After, when
+    sent, is honoured by the base class.
+    """
+
+    def __init__(self, *, attempts: int = 6, backoff: float = 0.5, backoff_max: float = 20.0) -> None:
+        super().__init__(
+            retry_total=attempts,
+            retry_status=attempts,
+            retry_connect=3,
+            retry_read=3,
+            retry_backoff_factor=backoff,
+            retry_backoff_max=backoff_max,
+            retry_on_status_codes=sorted(_TRANSIENT),
+        )
+        self._method_whitelist = frozenset({"POST", "GET"})
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        attempt = max(len(settings["history"]), 1)
+        ceiling = min(settings["max_backoff"], settings["backoff"] * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class SetOutcome:
+    """The result of one Set-CASMailbox inside a batch."""
+
+    identity: str
+    value: bool | None
+    error: ExchangeCommandError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class ExchangeClient:
+    """Typed access to the cmdlets the app uses. Bounded concurrency; retries from the pipeline."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        tenant_id: str,
+        credential: AsyncTokenCredential,
+        *,
+        concurrency: int = 4,
+        retry_policy: AsyncRetryPolicy | None = None,
+    ) -> None:
+        self._base = f"{endpoint.rstrip('/')}/adminapi/beta/{tenant_id}"
+        self._scope = f"{endpoint.rstrip('/')}/.default"
+        self._slots = asyncio.Semaphore(concurrency)
+        self._retry = retry_policy or ExchangeRetryPolicy()
+        self._client: AsyncPipelineClient[HttpRequest, AsyncHttpResponse] = AsyncPipelineClient(
+            base_url=self._base,
+            policies=[
+                HeadersPolicy(
+                    {
+                        "Accept": "application/json",
+                        "X-AnchorMailbox": (f"APP:SystemMailbox{{bb558c35-97f1-4cb9-8ff7-d53741dc928c}}@{tenant_id}"),
+                    }
+                ),
+                UserAgentPolicy(USER_AGENT),
+                self._retry,
+                AsyncBearerTokenCredentialPolicy(credential, self._scope),
+                HttpLoggingPolicy(),  # redacts Authorization by default
+            ],
+        )
+
+    async def __aenter__(self) -> Self:
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    async def _post(self, url: str, body: Mapping[str, Any], cmdlet: str) -> dict[str, Any]:
+        request = HttpRequest(
+            "POST",
+            url,
+            json=body,
+            headers={"Prefer": f"odata.maxpagesize={PAGE_SIZE}", "X-CmdletName": cmdlet},
+        )
+        async with self._slots:
+            try:
+                response = await self._client.send_request(request)
+                await response.read()
+            except AzureError as err:
+                raise ExchangeError(f"{cmdlet}: the Exchange endpoint could not be reached: {err}") from err
+        if response.status_code >= 400:
+            raise command_error(cmdlet, response.status_code, _json_or_none(response))
+        payload = _json_or_none(response)
+        if not isinstance(payload, dict):
+            raise ExchangeError(f"{cmdlet}: the Exchange endpoint answered HTTP 200 without a JSON object")
+        return payload
+
+    def _invoke_url(self, select: Sequence[str] | None) -> str:
+        url = f"{self._base}/InvokeCommand"
+        if select:
+            url += "?$select=" + quote(",".join(select), safe=",")
+        return url
+
+    async def iter_pages(
+        self, cmdlet: str, parameters: Mapping[str, Any], select: Sequence[str] | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Yield each page of a Get cmdlet. Raises IncompleteListingError if paging breaks off."""
+        body = _cmdlet_body(cmdlet, parameters)
+        url: str | None = self._invoke_url(select)
+        seen: set[str] = set()
+        while url is not None:
+            try:
+                payload = await self._post(url, body, cmdlet)
+            except ExchangeError as err:
+                if seen:
+                    raise IncompleteListingError(f"{cmdlet} listing broke off after {len(seen)} pages: {err}") from err
+                raise
+            value = payload.get("value")
+            if not isinstance(value, list):
+                raise IncompleteListingError(f"{cmdlet} returned a page without a value list")
+            yield value
+            url = payload.get("@odata.nextLink")
+            if url is not None:
+                if url in seen or not url.startswith(self._base):
+                    raise IncompleteListingError(f"{cmdlet} returned an unexpected nextLink; listing stopped")
+                seen.add(url)
+
+    async def invoke(
+        self, cmdlet: str, parameters: Mapping[str, Any], select: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        return [item async for page in self.iter_pages(cmdlet, parameters, select) for item in page]
+
+    # -- cmdlets -----------------------------------------------------------------------------------
+
+    async def iter_cas_mailboxes(self, changed_since: datetime | None = None) -> AsyncIterator[list[MailboxState]]:
+        """Every CAS mailbox, or those changed since a moment, a page at a time, with their state.
+
+        WhenChanged moves when a mailbox is provisioned and when its CAS settings change, so the
+        filtered listing catches new, late-provisioned and drifted mailboxes alike.
+        """
+        parameters: dict[str, Any] = {"ResultSize": "Unlimited"}
+        if changed_since is not None:
+            parameters["Filter"] = f"WhenChangedUTC -ge '{opath_datetime(changed_since)}'"
+        async for page in self.iter_pages("Get-CASMailbox", parameters, CAS_SELECT):
+            yield [_mailbox_state(item) for item in page]
+
+    async def get_transport_config(self) -> dict[str, Any]:
+        items = await self.invoke("Get-TransportConfig", {})
+        if not items:
+            raise ExchangeError("Get-TransportConfig returned nothing")
+        return items[0]
+
+    async def find_mailbox(self, identity: str) -> MailboxState | None:
+        """One mailbox by address, GUID or object id; None when Exchange has no such mailbox."""
+        try:
+            items = await self.invoke("Get-CASMailbox", {"Identity": identity}, CAS_SELECT)
+        except MailboxNotFoundError:
+            return None
+        return _mailbox_state(items[0]) if items else None
+
+    async def set_smtp_auth_disabled(self, identity: str, value: bool | None) -> None:
+        await self._post(self._invoke_url(None), _set_body(identity, value), "Set-CASMailbox")
+
+    async def set_smtp_auth_disabled_batch(self, items: Sequence[tuple[str, bool | None]]) -> list[SetOutcome]:
+        """Set up to 10 mailboxes in one $batch.
+
+        Sub-requests that come back throttled or failing are sent again in a smaller batch after
+        their Retry-After (or a jittered backoff); the pipeline cannot see them.
+        """
+        if len(items) > BATCH_LIMIT:
+            raise ValueError(f"a $batch holds at most {BATCH_LIMIT} sub-requests")
+        pending = {str(index): item for index, item in enumerate(items)}
+        outcomes: dict[str, SetOutcome] = {}
+        for attempt in range(1, BATCH_ITEM_ATTEMPTS + 1):
+            payload = await self._post(
+                f"{self._base}/$batch",
+                {
+                    "requests": [
+                        {
+                            "id": key,
+                            "method": "POST",
+                            "url": self._invoke_url(None),
+                            "headers": {"Content-Type": "application/json"},
+                            "body": _set_body(identity, value),
+                        }
+                        for key, (identity, value) in pending.items()
+                    ]
+                },
+                "Set-CASMailbox",
+            )
+            wait = 0.0
+            answered = {str(r.get("id")): r for r in payload.get("responses", []) if isinstance(r, dict)}
+            for key in list(pending):
+                identity, value = pending[key]
+                response = answered.get(key)
+                status = int(response.get("status", 0)) if response else 0
+                if 200 <= status < 300:
+                    outcomes[key] = SetOutcome(identity, value)
+                    del pending[key]
+                    continue
+                error = command_error("Set-CASMailbox", status, response.get("body") if response else None)
+                if status in _TRANSIENT or response is None:
+                    wait = max(wait, _retry_after(response) or self._item_backoff(attempt))
+                    if attempt < BATCH_ITEM_ATTEMPTS:
+                        continue
+                outcomes[key] = SetOutcome(identity, value, error)
+                del pending[key]
+            if not pending:
+                break
+            logger.info("re-batching %d throttled Set-CASMailbox calls after %.2fs", len(pending), wait)
+            await asyncio.sleep(wait)
+        return [outcomes[str(index)] for index in range(len(items))]
+
+    @staticmethod
+    def _item_backoff(attempt: int) -> float:
+        ceiling = min(20.0, 0.5 * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+# -- payloads ----------------------------------------------------------------------------------------
+
+
+def _cmdlet_body(cmdlet: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    return {"CmdletInput": {"CmdletName": cmdlet, "Parameters": dict(parameters)}}
+
+
+def _set_body(identity: str, value: bool | None) -> dict[str, Any]:
+    # JSON null resets the mailbox to follow the organisation; the app never sends it on its own.
+    return _cmdlet_body("Set-CASMailbox", {"Identity": identity, "SmtpClientAuthenticationDisabled": value})
+
+
+def _mailbox_state(item: Mapping[str, Any]) -> MailboxState:
+    value = item.get("SmtpClientAuthenticationDisabled")
+    if value is not None and not isinstance(value, bool):
+        raise IncompleteListingError(f"mailbox {item.get('Guid')} has a non-boolean SMTP AUTH state")
+    guid = item.get("Guid")
+    if not guid:
+        raise IncompleteListingError("a listed mailbox has no Guid")
+    return MailboxState(guid=str(guid), address=str(item.get("PrimarySmtpAddress", "")), smtp_auth_disabled=value)
+
+
+def _json_or_none(response: AsyncHttpResponse) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _retry_after(response: Mapping[str, Any] | None) -> float | None:
+    if not response:
+        return None
+    headers = {str(k).lower(): v for k, v in (response.get("headers") or {}).items()}
+    try:
+        return float(headers["retry-after"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def command_error(cmdlet: str, status: int, body: Any) -> ExchangeCommandError:
+    """Parse `error.details[].message` ("Ex6F9304|Full.Exception.Type|text"): `error.message` says nothing."""
+    error_type, message = "UnknownError", f"HTTP {status} without an error body"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or message)
+        for detail in error.get("details") or []:
+            parts = str(detail.get("message", "")).split("|", 2)
+            if len(parts) == 3:
+                error_type, message = parts[1].rsplit(".", 1)[-1], parts[2]
+                break
+    kind = MailboxNotFoundError if error_type in _NOT_FOUND_TYPES else ExchangeCommandError
+    return kind(cmdlet, status, error_type, message)

@@ -1,0 +1,164 @@
+"""The desired-state planner: a pure function from exceptions and actual mailbox state to changes.
+
+No I/O here. Report and enforce runs share every line of it; only the applier differs.
+
+Desired state of `SmtpClientAuthenticationDisabled`:
+- `False` for a mailbox with an active (approved, unexpired) exception;
+- `True` for every other mailbox, of every type. `None` (follow the organisation) is never desired,
+  because someone can flip the organisation flag later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class ChangeReason(StrEnum):
+    NULL = "null"  # mailbox followed the organisation flag
+    DRIFT = "drift"  # mailbox allowed SMTP AUTH without any exception
+    EXPIRED = "expired"  # its exception expired or was revoked
+    EXCEPTION = "exception"  # an active exception needs SMTP AUTH on
+
+
+class ExceptionStatus(StrEnum):
+    APPROVED = "approved"
+    REVOKED = "revoked"
+    SUPERSEDED = "superseded"
+
+
+class AuthMethod(StrEnum):
+    OAUTH = "oauth"
+    BASIC = "basic"
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxState:
+    guid: str
+    address: str
+    smtp_auth_disabled: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionRecord:
+    id: str
+    mailbox_guid: str
+    mailbox_address: str
+    status: ExceptionStatus
+    expires_at: datetime
+    reason: str
+    owner: str
+    device: str
+    auth_method: AuthMethod
+    approved_by: str
+    approved_at: datetime
+
+    def is_active(self, now: datetime) -> bool:
+        return self.status is ExceptionStatus.APPROVED and self.expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    guid: str
+    address: str
+    before: bool | None
+    after: bool
+    reason: ChangeReason
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Change:
+        return cls(
+            guid=str(data["guid"]),
+            address=str(data["address"]),
+            before=data["before"],
+            after=bool(data["after"]),
+            reason=ChangeReason(data["reason"]),
+        )
+
+
+@dataclass(slots=True)
+class PlanSummary:
+    """Counts for a plan; built while the listing streams so that only the changes are kept."""
+
+    scanned: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> int:
+        return sum(self.by_reason.values())
+
+    def count(self, change: Change) -> None:
+        self.by_reason[change.reason.value] = self.by_reason.get(change.reason.value, 0) + 1
+
+
+def effective_exceptions(records: Iterable[ExceptionRecord], now: datetime) -> dict[str, ExceptionRecord]:
+    """One record per mailbox: its active exception if it has one, else its latest-expiring record.
+
+    A mailbox that ever had an exception keeps a record here, so that its change is reported as
+    `expired` rather than `drift`.
+    """
+    chosen: dict[str, ExceptionRecord] = {}
+    for record in records:
+        current = chosen.get(record.mailbox_guid)
+        if current is None or _outranks(record, current, now):
+            chosen[record.mailbox_guid] = record
+    return chosen
+
+
+def _outranks(candidate: ExceptionRecord, current: ExceptionRecord, now: datetime) -> bool:
+    if candidate.is_active(now) != current.is_active(now):
+        return candidate.is_active(now)
+    return candidate.expires_at > current.expires_at
+
+
+def plan_mailbox(mailbox: MailboxState, exception: ExceptionRecord | None, now: datetime) -> Change | None:
+    """The change one mailbox needs, or None when it is already in its desired state."""
+    actual = mailbox.smtp_auth_disabled
+    if exception is not None and exception.is_active(now):
+        if actual is False:
+            return None
+        return Change(mailbox.guid, mailbox.address, actual, False, ChangeReason.EXCEPTION)
+    if actual is True:
+        return None
+    if actual is None:
+        reason = ChangeReason.NULL
+    elif exception is not None:
+        reason = ChangeReason.EXPIRED
+    else:
+        reason = ChangeReason.DRIFT
+    return Change(mailbox.guid, mailbox.address, actual, True, reason)
+
+
+def plan_changes(
+    mailboxes: Iterable[MailboxState],
+    exceptions: Mapping[str, ExceptionRecord],
+    now: datetime,
+    summary: PlanSummary,
+) -> Iterator[Change]:
+    """Stream the changes for `mailboxes`, counting every mailbox and change into `summary`."""
+    for mailbox in mailboxes:
+        summary.scanned += 1
+        change = plan_mailbox(mailbox, exceptions.get(mailbox.guid), now)
+        if change is not None:
+            summary.count(change)
+            yield change
+
+
+def confirmable(reviewed: Iterable[Change], current: Iterable[Change]) -> tuple[list[Change], list[Change]]:
+    """Split a reviewed plan into the changes that still hold now and those that no longer do.
+
+    A reviewed change still holds when today's plan asks for exactly the same change (same mailbox,
+    same before and after). Anything else is dropped: the admin did not review it.
+    """
+    now_planned = {(c.guid, c.before, c.after) for c in current}
+    still: list[Change] = []
+    dropped: list[Change] = []
+    for change in reviewed:
+        (still if (change.guid, change.before, change.after) in now_planned else dropped).append(change)
+    return still, dropped

@@ -1,0 +1,101 @@
+"""What a run leaves behind: its stored plan, its audit entries and its summary."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from shared.reconcile import Change, ChangeReason
+
+
+class PlanStatus(StrEnum):
+    REPORTED = "reported"  # report mode: recorded, nothing applied
+    OVER_CAP = "over-cap"  # enforce refused by the cap; waits for --confirm-plan
+    APPLIED = "applied"  # enforce applied it (fully or partly, see the run summary)
+
+
+class RunOutcome(StrEnum):
+    COMPLETED = "completed"
+    REPORTED = "reported"
+    OVER_CAP = "over-cap"
+    PARTIAL = "partial"  # some changes failed or the time budget ran out
+    REFUSED = "refused"  # a safety rule stopped the run before any change
+    FAILED = "failed"
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable by time, unique across instances."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def tri_state(value: bool | None) -> str:
+    return "null" if value is None else str(value).lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who makes a change: the caller's object id and app id, taken from its token."""
+
+    object_id: str
+    app_id: str
+
+    def __str__(self) -> str:
+        return self.object_id or self.app_id or "unknown"
+
+
+@dataclass(slots=True)
+class StoredPlan:
+    plan_id: str
+    tenant_id: str
+    created_at: datetime
+    mode: str
+    full: bool
+    status: PlanStatus
+    scanned: int
+    org_smtp_auth_disabled: bool | None
+    changes: list[Change] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts = {reason.value: 0 for reason in ChangeReason}
+        for change in self.changes:
+            counts[change.reason.value] += 1
+        return counts
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    run_id: str
+    change: Change
+    actor: Actor
+    at: datetime
+    plan_id: str | None = None
+
+
+@dataclass(slots=True)
+class RunSummary:
+    run_id: str
+    tenant_id: str
+    mode: str
+    full: bool
+    started_at: datetime
+    outcome: RunOutcome = RunOutcome.FAILED
+    finished_at: datetime | None = None
+    actor: Actor | None = None
+    scanned: int = 0
+    planned: int = 0
+    applied: int = 0
+    failed: int = 0
+    remaining: int = 0
+    plan_id: str | None = None
+    org_smtp_auth_disabled: bool | None = None
+    message: str = ""
+    by_reason: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)  # the plan, for display; stored in the plan table
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (RunOutcome.COMPLETED, RunOutcome.REPORTED)

@@ -1,0 +1,98 @@
+"""The exception registry: granting, listing and revoking SMTP AUTH exceptions.
+
+Every write checks its input first and the install marker second, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from shared.errors import InputError
+from shared.exchange import ExchangeClient
+from shared.reconcile import AuthMethod, ExceptionRecord, ExceptionStatus
+from shared.store import Store
+from shared.validation import choice, free_text, mailbox_address, whole_number
+
+MAX_REASON: Final = 1000
+MAX_DEVICE: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionGrant:
+    """A validated request to grant an exception, before the mailbox is resolved."""
+
+    mailbox: str
+    days: int
+    reason: str
+    owner: str
+    device: str
+    auth_method: AuthMethod
+
+
+def validate_grant(
+    *,
+    mailbox: str | None,
+    days: str | int | None,
+    reason: str | None,
+    owner: str | None,
+    device: str | None,
+    auth: str | None,
+    max_days: int,
+) -> ExceptionGrant:
+    return ExceptionGrant(
+        mailbox=mailbox_address("mailbox", mailbox),
+        days=whole_number("days", days, 1, max_days),
+        reason=free_text("reason", reason, max_length=MAX_REASON, required=True),
+        owner=mailbox_address("owner", owner) if owner else "",
+        device=free_text("device", device, max_length=MAX_DEVICE, required=False),
+        auth_method=choice("auth", auth or AuthMethod.OAUTH.value, AuthMethod),
+    )
+
+
+async def grant_exception(
+    store: Store,
+    exchange: ExchangeClient,
+    tenant_id: str,
+    grant: ExceptionGrant,
+    approved_by: str,
+    now: datetime,
+) -> tuple[ExceptionRecord, list[ExceptionRecord]]:
+    """Store an approved exception for an existing mailbox; returns it and the records it supersedes."""
+    await store.require_marker(tenant_id)
+    mailbox = await exchange.find_mailbox(grant.mailbox)
+    if mailbox is None:
+        raise InputError("mailbox", f"Exchange has no mailbox {grant.mailbox}")
+    record = ExceptionRecord(
+        id=str(uuid.uuid4()),
+        mailbox_guid=mailbox.guid,
+        mailbox_address=mailbox.address.lower() or grant.mailbox,
+        status=ExceptionStatus.APPROVED,
+        expires_at=now + timedelta(days=grant.days),
+        reason=grant.reason,
+        owner=grant.owner,
+        device=grant.device,
+        auth_method=grant.auth_method,
+        approved_by=approved_by,
+        approved_at=now,
+    )
+    superseded = await store.add_exception(record, created_by=approved_by)
+    return record, superseded
+
+
+async def revoke_exception(
+    store: Store, tenant_id: str, mailbox: str, revoked_by: str, now: datetime
+) -> list[ExceptionRecord]:
+    """End the mailbox's active exceptions now. Found by address in the registry, so a deleted
+    mailbox can still be revoked."""
+    address = mailbox_address("mailbox", mailbox)
+    await store.require_marker(tenant_id)
+    guids = {r.mailbox_guid for r in await store.list_exceptions() if r.mailbox_address == address and r.is_active(now)}
+    if not guids:
+        raise InputError("mailbox", f"{address} has no active exception")
+    revoked: list[ExceptionRecord] = []
+    for guid in guids:
+        revoked.extend(await store.revoke_exceptions(guid, revoked_by, now))
+    return revoked

@@ -1,0 +1,502 @@
+"""Table Storage for exceptions, plans, the audit trail and sweep state (azure-data-tables, async).
+
+Tables are created only by `initialise` (the CLI's `init`), which also writes the install marker.
+Every other path requires the marker, so a wrong connection string pointing at an empty account is
+refused rather than read as "no exceptions".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Final, Self
+
+from azure.core import MatchConditions
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from shared.errors import InputError, NotInstalledError, RefusedError, StoreError, WrongTenantError
+from shared.reconcile import AuthMethod, Change, ExceptionRecord, ExceptionStatus
+from shared.records import AuditEntry, PlanStatus, RunSummary, StoredPlan, tri_state
+from shared.settings import StorageConfig
+
+STATE_TABLE: Final = "SmtpGuardState"
+EXCEPTIONS_TABLE: Final = "SmtpGuardExceptions"
+PLANS_TABLE: Final = "SmtpGuardPlans"
+AUDIT_TABLE: Final = "SmtpGuardAudit"
+TABLES: Final = (STATE_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, AUDIT_TABLE)
+SCHEMA_VERSION: Final = 1
+TRANSACTION_LIMIT: Final = 100  # entities per table transaction
+PLAN_CHUNK_CHARS: Final = 30_000  # a string property holds at most 32K characters
+_STORE_RETRIES: Final = {"retry_total": 3, "retry_backoff_factor": 0.4}
+
+
+@dataclass(frozen=True, slots=True)
+class InstallMarker:
+    tenant_id: str
+    installed_at: datetime
+    installed_by: str
+    schema_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SweepState:
+    """Where incremental sweeps resume, for one enforcement mode."""
+
+    watermark: datetime | None
+    full_pending: bool
+
+
+class Store:
+    def __init__(self, service: TableServiceClient) -> None:
+        self._service = service
+
+    @classmethod
+    def from_config(cls, config: StorageConfig, credential: AsyncTokenCredential) -> Store:
+        if config.connection_string is not None:
+            try:
+                service = TableServiceClient.from_connection_string(config.connection_string, **_STORE_RETRIES)
+            except ValueError as err:
+                raise StoreError(f"AzureWebJobsStorage is not a valid connection string: {err}") from None
+        else:
+            assert config.table_endpoint is not None
+            service = TableServiceClient(config.table_endpoint, credential=credential, **_STORE_RETRIES)
+        return cls(service)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._service.close()
+
+    def _table(self, name: str) -> TableClient:
+        return self._service.get_table_client(name)
+
+    # -- install marker ------------------------------------------------------------------------------
+
+    async def initialise(self, tenant_id: str, installed_by: str) -> tuple[InstallMarker, bool]:
+        """Create the tables and the marker. Idempotent; refuses a store that belongs to another tenant.
+
+        Returns the marker and whether this call created it.
+        """
+        async with _storage_errors("create the tables"):
+            for name in TABLES:
+                await self._service.create_table_if_not_exists(name)
+        try:
+            return await self.require_marker(tenant_id), False
+        except NotInstalledError:
+            pass
+        marker = InstallMarker(tenant_id, datetime.now(UTC), installed_by, SCHEMA_VERSION)
+        async with _storage_errors("write the install marker"):
+            try:
+                await self._table(STATE_TABLE).create_entity(
+                    {
+                        "PartitionKey": "install",
+                        "RowKey": "marker",
+                        "TenantId": marker.tenant_id,
+                        "InstalledAt": marker.installed_at,
+                        "InstalledBy": marker.installed_by,
+                        "SchemaVersion": marker.schema_version,
+                    }
+                )
+            except ResourceExistsError:  # another init won the race; check it is ours
+                return await self.require_marker(tenant_id), False
+        return marker, True
+
+    async def require_marker(self, tenant_id: str) -> InstallMarker:
+        """The install marker, or NotInstalledError / WrongTenantError. Called before any sweep."""
+        hint = "run `python -m shared.cli init` against the right storage account first"
+        try:
+            entity = await self._table(STATE_TABLE).get_entity("install", "marker")
+        except ResourceNotFoundError:
+            raise NotInstalledError(f"this storage account has no SMTP AUTH Guard install marker: {hint}") from None
+        except AzureError as err:
+            raise StoreError(f"table storage could not be read (install marker): {_first_line(err)}") from None
+        if entity.get("TenantId") != tenant_id:
+            raise WrongTenantError(
+                f"the install marker names tenant {entity.get('TenantId')}, not {tenant_id}: "
+                "AzureWebJobsStorage points at another install's storage"
+            )
+        return InstallMarker(
+            tenant_id=entity["TenantId"],
+            installed_at=entity["InstalledAt"],
+            installed_by=entity.get("InstalledBy", ""),
+            schema_version=int(entity.get("SchemaVersion", 0)),
+        )
+
+    # -- exceptions ----------------------------------------------------------------------------------
+
+    async def list_exceptions(self) -> list[ExceptionRecord]:
+        """Every exception record. Raises StoreError on any failure: never read a failure as 'none'."""
+        async with _storage_errors("read the exceptions"):
+            return [_exception_from_entity(e) async for e in self._table(EXCEPTIONS_TABLE).list_entities()]
+
+    async def add_exception(self, record: ExceptionRecord, created_by: str) -> list[ExceptionRecord]:
+        """Store `record` and, atomically, mark the mailbox's other approved records superseded."""
+        table = self._table(EXCEPTIONS_TABLE)
+        async with _storage_errors("write the exception"):
+            previous = [
+                e
+                async for e in table.query_entities(
+                    "PartitionKey eq @pk and Status eq @status",
+                    parameters={"pk": record.mailbox_guid, "status": ExceptionStatus.APPROVED.value},
+                )
+            ]
+            operations: list[Any] = [("create", {**_exception_to_entity(record), "CreatedBy": created_by})]
+            for entity in previous:
+                entity["Status"] = ExceptionStatus.SUPERSEDED.value
+                operations.append(
+                    (
+                        "update",
+                        entity,
+                        {
+                            "mode": UpdateMode.MERGE,
+                            "etag": entity.metadata["etag"],
+                            "match_condition": MatchConditions.IfNotModified,
+                        },
+                    )
+                )
+            await _submit(table, operations)
+        return [_exception_from_entity(e) for e in previous]
+
+    async def revoke_exceptions(self, mailbox_guid: str, revoked_by: str, now: datetime) -> list[ExceptionRecord]:
+        """End every approved exception of a mailbox now. Returns what was revoked."""
+        table = self._table(EXCEPTIONS_TABLE)
+        async with _storage_errors("revoke the exception"):
+            active = [
+                e
+                async for e in table.query_entities(
+                    "PartitionKey eq @pk and Status eq @status",
+                    parameters={"pk": mailbox_guid, "status": ExceptionStatus.APPROVED.value},
+                )
+            ]
+            operations: list[Any] = []
+            for entity in active:
+                entity.update({"Status": ExceptionStatus.REVOKED.value, "RevokedAt": now, "RevokedBy": revoked_by})
+                operations.append(
+                    (
+                        "update",
+                        entity,
+                        {
+                            "mode": UpdateMode.MERGE,
+                            "etag": entity.metadata["etag"],
+                            "match_condition": MatchConditions.IfNotModified,
+                        },
+                    )
+                )
+            if operations:
+                await _submit(table, operations)
+        return [_exception_from_entity(e) for e in active]
+
+    # -- plans ---------------------------------------------------------------------------------------
+
+    async def save_plan(self, plan: StoredPlan) -> None:
+        """Chunks first, header last: a plan is visible only once all of it is stored."""
+        chunks = _chunk_changes(plan.changes)
+        table = self._table(PLANS_TABLE)
+        async with _storage_errors("store the plan"):
+            entities = [
+                {"PartitionKey": plan.plan_id, "RowKey": f"changes-{index:05d}", "Changes": chunk}
+                for index, chunk in enumerate(chunks)
+            ]
+            for start in range(0, len(entities), TRANSACTION_LIMIT):
+                await _submit(table, [("upsert", e) for e in entities[start : start + TRANSACTION_LIMIT]])
+            await table.upsert_entity(_plan_header(plan, len(chunks)))
+
+    async def load_plan(self, plan_id: str) -> tuple[StoredPlan, str] | None:
+        """The plan and the etag of its header, or None when there is no such plan."""
+        table = self._table(PLANS_TABLE)
+        async with _storage_errors("read the plan"):
+            try:
+                header = await table.get_entity(plan_id, "plan")
+            except ResourceNotFoundError:
+                return None
+            rows = [
+                e
+                async for e in table.query_entities(
+                    "PartitionKey eq @pk and RowKey ge 'changes-' and RowKey lt 'changes.'",
+                    parameters={"pk": plan_id},
+                )
+            ]
+        if len(rows) != int(header.get("Chunks", 0)):
+            raise StoreError(f"plan {plan_id} is incomplete in storage ({len(rows)} of {header.get('Chunks')} chunks)")
+        changes = [
+            Change.from_json(item)
+            for row in sorted(rows, key=lambda r: r["RowKey"])
+            for item in json.loads(row["Changes"])
+        ]
+        plan = StoredPlan(
+            plan_id=plan_id,
+            tenant_id=header["TenantId"],
+            created_at=header["CreatedAt"],
+            mode=header["Mode"],
+            full=bool(header["Full"]),
+            status=PlanStatus(header["Status"]),
+            scanned=int(header.get("Scanned", 0)),
+            org_smtp_auth_disabled=_from_tri_state(header.get("OrgSmtpAuthDisabled", "null")),
+            changes=changes,
+        )
+        return plan, header.metadata["etag"]
+
+    async def claim_plan(self, plan_id: str, etag: str, run_id: str) -> None:
+        """Mark a reviewed plan applied, once. A second confirmation of the same plan is refused."""
+        async with _storage_errors("mark the plan applied"):
+            try:
+                await self._table(PLANS_TABLE).update_entity(
+                    {
+                        "PartitionKey": plan_id,
+                        "RowKey": "plan",
+                        "Status": PlanStatus.APPLIED.value,
+                        "AppliedByRun": run_id,
+                    },
+                    mode=UpdateMode.MERGE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                raise RefusedError(f"plan {plan_id} was confirmed by another run at the same time") from None
+
+    # -- audit ---------------------------------------------------------------------------------------
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Append change rows. `create` fails on an existing row, so the trail is never rewritten."""
+        table = self._table(AUDIT_TABLE)
+        by_run: dict[str, list[AuditEntry]] = {}
+        for entry in entries:
+            by_run.setdefault(entry.run_id, []).append(entry)
+        async with _storage_errors("write the audit trail"):
+            for run_entries in by_run.values():
+                for start in range(0, len(run_entries), TRANSACTION_LIMIT):
+                    chunk = run_entries[start : start + TRANSACTION_LIMIT]
+                    await _submit(table, [("create", _audit_entity(e)) for e in chunk])
+
+    async def write_summary(self, summary: RunSummary) -> None:
+        async with _storage_errors("write the run summary"):
+            await self._table(AUDIT_TABLE).create_entity(_summary_entity(summary))
+
+    async def list_audit(self, run_id: str) -> list[dict[str, Any]]:
+        async with _storage_errors("read the audit trail"):
+            return [
+                dict(e)
+                async for e in self._table(AUDIT_TABLE).query_entities("PartitionKey eq @pk", parameters={"pk": run_id})
+            ]
+
+    # -- sweep state ---------------------------------------------------------------------------------
+
+    async def sweep_state(self, mode: str) -> SweepState:
+        async with _storage_errors("read the sweep state"):
+            try:
+                entity = await self._table(STATE_TABLE).get_entity("sweep", f"watermark-{mode}")
+            except ResourceNotFoundError:
+                return SweepState(watermark=None, full_pending=True)
+        return SweepState(watermark=entity.get("Watermark"), full_pending=bool(entity.get("FullPending", False)))
+
+    async def save_sweep_state(self, mode: str, state: SweepState, run_id: str) -> None:
+        entity: dict[str, Any] = {
+            "PartitionKey": "sweep",
+            "RowKey": f"watermark-{mode}",
+            "FullPending": state.full_pending,
+            "UpdatedByRun": run_id,
+        }
+        if state.watermark is not None:
+            entity["Watermark"] = state.watermark
+        async with _storage_errors("save the sweep state"):
+            await self._table(STATE_TABLE).upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    @asynccontextmanager
+    async def lease(self, holder: str, duration: timedelta, now: Callable[[], datetime]) -> AsyncIterator[None]:
+        """Hold the tenant's sweep lease, or raise RefusedError naming the run that holds it.
+
+        An ETag-guarded row with an expiry: a crashed run blocks others only until it expires.
+        """
+        table = self._table(STATE_TABLE)
+        async with _storage_errors("take the sweep lease"):
+            etag = await _take_lease(table, holder, now() + duration, now())
+        try:
+            yield
+        finally:
+            async with _storage_errors("release the sweep lease"):
+                with suppress(ResourceNotFoundError, ResourceModifiedError):  # expired and taken over
+                    await table.delete_entity(
+                        "sweep", "lease", etag=etag, match_condition=MatchConditions.IfNotModified
+                    )
+
+
+async def _take_lease(table: TableClient, holder: str, expires: datetime, now: datetime) -> str:
+    entity = {"PartitionKey": "sweep", "RowKey": "lease", "Holder": holder, "ExpiresAt": expires}
+    try:
+        current = await table.get_entity("sweep", "lease")
+    except ResourceNotFoundError:
+        try:
+            metadata = await table.create_entity(entity)
+        except ResourceExistsError:
+            raise RefusedError("another sweep took the lease at the same moment; this run stops") from None
+        return str(metadata["etag"])
+    if current["ExpiresAt"] > now:
+        raise RefusedError(
+            f"another sweep ({current['Holder']}) holds the lease until {current['ExpiresAt']:%Y-%m-%d %H:%M:%S}Z; "
+            "this run stops"
+        )
+    try:  # expired: take it over, unless someone else does first
+        metadata = await table.update_entity(
+            entity,
+            mode=UpdateMode.REPLACE,
+            etag=current.metadata["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
+    except ResourceModifiedError:
+        raise RefusedError("another sweep took over the expired lease first; this run stops") from None
+    return str(metadata["etag"])
+
+
+# -- entity mapping -----------------------------------------------------------------------------------
+
+
+def _exception_to_entity(record: ExceptionRecord) -> dict[str, Any]:
+    return {
+        "PartitionKey": record.mailbox_guid,
+        "RowKey": record.id,
+        "MailboxAddress": record.mailbox_address,
+        "Status": record.status.value,
+        "ExpiresAt": record.expires_at,
+        "Reason": record.reason,
+        "Owner": record.owner,
+        "Device": record.device,
+        "AuthMethod": record.auth_method.value,
+        "ApprovedBy": record.approved_by,
+        "ApprovedAt": record.approved_at,
+    }
+
+
+def _exception_from_entity(entity: dict[str, Any]) -> ExceptionRecord:
+    return ExceptionRecord(
+        id=entity["RowKey"],
+        mailbox_guid=entity["PartitionKey"],
+        mailbox_address=entity["MailboxAddress"],
+        status=ExceptionStatus(entity["Status"]),
+        expires_at=entity["ExpiresAt"],
+        reason=entity.get("Reason", ""),
+        owner=entity.get("Owner", ""),
+        device=entity.get("Device", ""),
+        auth_method=AuthMethod(entity.get("AuthMethod", AuthMethod.OAUTH.value)),
+        approved_by=entity.get("ApprovedBy", ""),
+        approved_at=entity["ApprovedAt"],
+    )
+
+
+def _chunk_changes(changes: Iterable[Change]) -> list[str]:
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 2
+    for change in changes:
+        item = json.dumps(change.to_json(), separators=(",", ":"))
+        if current and size + len(item) + 1 > PLAN_CHUNK_CHARS:
+            chunks.append("[" + ",".join(current) + "]")
+            current, size = [], 2
+        current.append(item)
+        size += len(item) + 1
+    if current or not chunks:
+        chunks.append("[" + ",".join(current) + "]")
+    return chunks
+
+
+def _plan_header(plan: StoredPlan, chunks: int) -> dict[str, Any]:
+    return {
+        "PartitionKey": plan.plan_id,
+        "RowKey": "plan",
+        "TenantId": plan.tenant_id,
+        "CreatedAt": plan.created_at,
+        "Mode": plan.mode,
+        "Full": plan.full,
+        "Status": plan.status.value,
+        "Scanned": plan.scanned,
+        "ChangeCount": len(plan.changes),
+        "Counts": json.dumps(plan.counts()),
+        "OrgSmtpAuthDisabled": tri_state(plan.org_smtp_auth_disabled),
+        "Chunks": chunks,
+    }
+
+
+def _from_tri_state(value: str) -> bool | None:
+    return None if value == "null" else value == "true"
+
+
+def _audit_entity(entry: AuditEntry) -> dict[str, Any]:
+    change = entry.change
+    return {
+        "PartitionKey": entry.run_id,
+        "RowKey": f"change-{change.guid}",
+        "MailboxGuid": change.guid,
+        "MailboxAddress": change.address,
+        "Before": tri_state(change.before),
+        "After": tri_state(change.after),
+        "Reason": change.reason.value,
+        "Actor": entry.actor.object_id,
+        "ActorAppId": entry.actor.app_id,
+        "PlanId": entry.plan_id or "",
+        "At": entry.at,
+    }
+
+
+def _summary_entity(summary: RunSummary) -> dict[str, Any]:
+    return {
+        "PartitionKey": summary.run_id,
+        "RowKey": "summary",
+        "TenantId": summary.tenant_id,
+        "Mode": summary.mode,
+        "Full": summary.full,
+        "Outcome": summary.outcome.value,
+        "StartedAt": summary.started_at,
+        "FinishedAt": summary.finished_at or datetime.now(UTC),
+        "Actor": summary.actor.object_id if summary.actor else "",
+        "ActorAppId": summary.actor.app_id if summary.actor else "",
+        "Scanned": summary.scanned,
+        "Planned": summary.planned,
+        "Applied": summary.applied,
+        "Failed": summary.failed,
+        "Remaining": summary.remaining,
+        "PlanId": summary.plan_id or "",
+        "OrgSmtpAuthDisabled": tri_state(summary.org_smtp_auth_disabled),
+        "Counts": json.dumps(summary.by_reason),
+        "Message": summary.message[:30_000],
+        "Errors": json.dumps(summary.errors[:50])[:30_000],
+    }
+
+
+async def _submit(table: TableClient, operations: list[Any]) -> None:
+    try:
+        await table.submit_transaction(operations)
+    except TableTransactionError as err:
+        if getattr(err, "status_code", None) == 412:
+            raise RefusedError("a stored record changed while it was being updated; try again") from None
+        raise
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+@asynccontextmanager
+async def _storage_errors(action: str) -> AsyncIterator[None]:
+    """Turn SDK failures into one StoreError that says what could not be done."""
+    try:
+        yield
+    except (RefusedError, InputError):
+        raise
+    except ResourceNotFoundError as err:
+        raise NotInstalledError(
+            f"could not {action}: a table is missing ({_first_line(err)}); run `python -m shared.cli init`"
+        ) from None
+    except AzureError as err:
+        raise StoreError(f"could not {action} in table storage: {_first_line(err)}") from None

@@ -1,0 +1,303 @@
+"""The sweep engine: one run of read desired state, read actual state, plan, apply or record, audit.
+
+Full reconciles and incremental sweeps, timers and the CLI all go through `run_sweep`, so they share
+the planner, the applier, the change cap, the fail-closed rules and the audit trail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from azure.core.credentials_async import AsyncTokenCredential
+
+from shared.apply import ApplyResult, apply_changes
+from shared.errors import ExchangeError, GuardError, InputError, RefusedError, StoreError
+from shared.exchange import ExchangeClient
+from shared.identity import IdentityError, actor_for, build_credential
+from shared.reconcile import Change, PlanSummary, confirmable, effective_exceptions, plan_changes
+from shared.records import (
+    AuditEntry,
+    PlanStatus,
+    RunOutcome,
+    RunSummary,
+    StoredPlan,
+    new_run_id,
+)
+from shared.settings import EnforcementMode, Settings
+from shared.store import Store, SweepState
+
+logger = logging.getLogger(__name__)
+
+# Incremental listings reach back this far before the watermark, for clock skew and replication lag.
+WATERMARK_OVERLAP: Final = timedelta(minutes=10)
+# A reviewed plan may be confirmed for this long; after that the tenant has moved on.
+PLAN_CONFIRM_MAX_AGE: Final = timedelta(hours=24)
+# The lease outlives the time budget by this much, so a run that finishes its last batches keeps it.
+LEASE_MARGIN: Final = timedelta(minutes=5)
+
+Progress = Callable[[str], None]
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepRequest:
+    full: bool = False
+    mode: EnforcementMode | None = None  # None: the ENFORCEMENT_MODE setting
+    confirm_plan: str | None = None
+
+
+async def run_sweep(
+    settings: Settings,
+    request: SweepRequest,
+    *,
+    credential: AsyncTokenCredential | None = None,
+    progress: Progress | None = None,
+    clock: Clock = utc_now,
+) -> RunSummary:
+    """Run one sweep and return its summary. Safety refusals are outcomes, not exceptions."""
+    mode = request.mode or settings.enforcement_mode
+    if request.confirm_plan is not None and mode is not EnforcementMode.ENFORCE:
+        raise InputError("--confirm-plan", "confirming a plan applies it, so it needs --mode enforce")
+    owned = credential is None
+    credential = credential or build_credential()
+    try:
+        async with (
+            Store.from_config(settings.storage, credential) as store,
+            ExchangeClient(
+                settings.exchange_endpoint,
+                settings.tenant_id,
+                credential,
+                concurrency=settings.exchange_concurrency,
+            ) as exchange,
+        ):
+            sweep = _Sweep(settings, mode, store, exchange, credential, progress or _log_progress, clock)
+            return await sweep.run(request)
+    finally:
+        if owned:
+            await credential.close()  # type: ignore[attr-defined]
+
+
+def _log_progress(message: str) -> None:
+    logger.info(message)
+
+
+class _Sweep:
+    def __init__(
+        self,
+        settings: Settings,
+        mode: EnforcementMode,
+        store: Store,
+        exchange: ExchangeClient,
+        credential: AsyncTokenCredential,
+        progress: Progress,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.store = store
+        self.exchange = exchange
+        self.credential = credential
+        self.progress = progress
+        self.clock = clock
+        self.deadline = time.monotonic() + settings.sweep_time_budget_seconds
+
+    async def run(self, request: SweepRequest) -> RunSummary:
+        started = self.clock()
+        summary = RunSummary(
+            run_id=new_run_id(started),
+            tenant_id=self.settings.tenant_id,
+            mode=self.mode.value,
+            full=request.full or request.confirm_plan is not None,
+            started_at=started,
+        )
+        try:
+            await self.store.require_marker(self.settings.tenant_id)
+            lease = timedelta(seconds=self.settings.sweep_time_budget_seconds) + LEASE_MARGIN
+            async with self.store.lease(summary.run_id, lease, self.clock):
+                await self._run_locked(request, summary)
+        except RefusedError as err:
+            summary.outcome, summary.message = RunOutcome.REFUSED, str(err)
+        except (StoreError, ExchangeError, IdentityError) as err:
+            # Fail closed: nothing was applied unless the summary counts it.
+            summary.outcome = RunOutcome.FAILED if summary.applied == 0 else RunOutcome.PARTIAL
+            summary.message = f"stopped, no further change made: {err}"
+        summary.finished_at = self.clock()
+        await self._write_summary(summary)
+        return summary
+
+    async def _run_locked(self, request: SweepRequest, summary: RunSummary) -> None:
+        summary.actor = await actor_for(self.credential, self.settings.exchange_scope)
+        now = self.clock()
+        # Fail closed: an unreadable exception table raises here and the run changes nothing.
+        exceptions = effective_exceptions(await self.store.list_exceptions(), now)
+        state = await self.store.sweep_state(self.mode.value)
+        if not summary.full and (state.full_pending or state.watermark is None):
+            summary.full = True
+            self.progress("no finished sweep to resume from: running a full reconcile")
+        since = None if summary.full else state.watermark - WATERMARK_OVERLAP  # type: ignore[operator]
+        listing_started = self.clock()
+
+        org = await self.exchange.get_transport_config()
+        summary.org_smtp_auth_disabled = org.get("SmtpClientAuthenticationDisabled")
+        if summary.org_smtp_auth_disabled is not True:
+            self.progress(
+                "warning: the organisation allows SMTP AUTH (Get-TransportConfig); mailboxes set to null follow it"
+            )
+
+        plan = PlanSummary()
+        changes: list[Change] = []
+        scope = "all mailboxes" if since is None else f"mailboxes changed since {since:%Y-%m-%d %H:%M:%S}Z"
+        self.progress(f"listing {scope}")
+        async for page in self.exchange.iter_cas_mailboxes(changed_since=since):
+            changes.extend(plan_changes(page, exceptions, now, plan))
+            self.progress(f"listed {plan.scanned} mailboxes, {plan.changes} need a change")
+        summary.scanned, summary.planned, summary.by_reason = plan.scanned, plan.changes, dict(plan.by_reason)
+        summary.changes = changes
+
+        if request.confirm_plan is not None:
+            changes = await self._confirmed_changes(request.confirm_plan, changes, summary)
+        elif self.mode is EnforcementMode.REPORT:
+            await self._store_plan(summary, changes, PlanStatus.REPORTED)
+            summary.outcome = RunOutcome.REPORTED
+            summary.message = f"report mode: {len(changes)} changes planned, none applied (plan {summary.plan_id})"
+            await self._advance(summary, listing_started)
+            return
+        elif len(changes) > self.settings.max_changes_per_run:
+            await self._store_plan(summary, changes, PlanStatus.OVER_CAP)
+            summary.outcome = RunOutcome.OVER_CAP
+            summary.message = (
+                f"{len(changes)} changes exceed MAX_CHANGES_PER_RUN={self.settings.max_changes_per_run}: "
+                f"none applied. Review plan {summary.plan_id}, then run "
+                f"`python -m shared.cli sweep --mode enforce --confirm-plan {summary.plan_id}`"
+            )
+            logger.error("SMTP AUTH Guard: %s", summary.message)
+            return
+
+        result = await self._apply(summary, changes)
+        summary.applied = len(result.applied)
+        summary.failed = len(result.failed)
+        summary.remaining = len(result.not_started)
+        summary.errors = sorted({error for _, error in result.failed})[:20]
+        if result.error is not None:
+            raise StoreError(f"the audit trail could not be written, so the run stopped: {result.error}")
+        if result.failed or result.not_started:
+            summary.outcome = RunOutcome.PARTIAL
+            stop = f", stopped by {result.stopped_by}" if result.stopped_by else ""
+            summary.message = (
+                f"applied {summary.applied} of {len(changes)} changes, {summary.failed} failed, "
+                f"{summary.remaining} left for the next run{stop}"
+            )
+            if summary.full:
+                await self.store.save_sweep_state(
+                    self.mode.value, SweepState(watermark=state.watermark, full_pending=True), summary.run_id
+                )
+            return
+        summary.outcome = RunOutcome.COMPLETED
+        summary.message = f"applied {summary.applied} changes"
+        await self._advance(summary, listing_started)
+
+    async def _confirmed_changes(self, plan_id: str, current: list[Change], summary: RunSummary) -> list[Change]:
+        loaded = await self.store.load_plan(plan_id)
+        if loaded is None:
+            raise RefusedError(f"plan {plan_id} is unknown: nothing applied")
+        plan, etag = loaded
+        if plan.tenant_id != self.settings.tenant_id:
+            raise RefusedError(f"plan {plan_id} belongs to tenant {plan.tenant_id}: nothing applied")
+        if plan.status is PlanStatus.APPLIED:
+            raise RefusedError(f"plan {plan_id} was already applied: run a new sweep to plan again")
+        if self.clock() - plan.created_at > PLAN_CONFIRM_MAX_AGE:
+            raise RefusedError(
+                f"plan {plan_id} is stale (made {plan.created_at:%Y-%m-%d %H:%M}Z, older than "
+                f"{PLAN_CONFIRM_MAX_AGE}): run a new sweep and review its plan"
+            )
+        still, dropped = confirmable(plan.changes, current)
+        if dropped:
+            self.progress(f"{len(dropped)} reviewed changes no longer hold and are skipped")
+        await self.store.claim_plan(plan_id, etag, summary.run_id)
+        summary.plan_id = plan_id
+        summary.planned = len(still)
+        summary.changes = still
+        return still
+
+    async def _store_plan(self, summary: RunSummary, changes: list[Change], status: PlanStatus) -> None:
+        summary.plan_id = summary.run_id
+        await self.store.save_plan(
+            StoredPlan(
+                plan_id=summary.run_id,
+                tenant_id=self.settings.tenant_id,
+                created_at=summary.started_at,
+                mode=self.mode.value,
+                full=summary.full,
+                status=status,
+                scanned=summary.scanned,
+                org_smtp_auth_disabled=summary.org_smtp_auth_disabled,
+                changes=changes,
+            )
+        )
+
+    async def _apply(self, summary: RunSummary, changes: list[Change]) -> ApplyResult:
+        assert summary.actor is not None
+        actor = summary.actor
+
+        async def audit(done: list[Change]) -> None:
+            at = self.clock()
+            await self.store.append_audit(
+                [AuditEntry(summary.run_id, change, actor, at, summary.plan_id) for change in done]
+            )
+
+        def report(result: ApplyResult, total: int) -> None:
+            self.progress(f"applied {len(result.applied)} of {total}, {len(result.failed)} failed")
+
+        if changes:
+            self.progress(f"applying {len(changes)} changes")
+        return await apply_changes(
+            self.exchange,
+            changes,
+            workers=self.settings.exchange_concurrency,
+            deadline=self.deadline,
+            on_applied=audit,
+            on_progress=report,
+        )
+
+    async def _advance(self, summary: RunSummary, listing_started: datetime) -> None:
+        """Move the watermark to the start of this run's listing: everything before it is done."""
+        await self.store.save_sweep_state(
+            self.mode.value, SweepState(watermark=listing_started, full_pending=False), summary.run_id
+        )
+
+    async def _write_summary(self, summary: RunSummary) -> None:
+        try:
+            await self.store.write_summary(summary)
+        except GuardError as err:
+            summary.errors.append(f"the run summary could not be stored: {err}")
+            logger.error("SMTP AUTH Guard: run %s summary not stored: %s", summary.run_id, err)
+
+
+async def run_scheduled(full: bool) -> RunSummary:
+    """Entry point for the timers: settings from the app settings, mode from ENFORCEMENT_MODE.
+
+    Raises when the run did not finish cleanly, so the Functions host records a failed execution
+    (and alerts on it) rather than a silent success.
+    """
+    from shared.settings import load_settings
+
+    summary = await run_sweep(load_settings(), SweepRequest(full=full))
+    line = (
+        f"SMTP AUTH Guard run {summary.run_id} ({'full' if summary.full else 'incremental'}, {summary.mode}): "
+        f"{summary.outcome.value}; scanned {summary.scanned}, planned {summary.planned}, "
+        f"applied {summary.applied}, failed {summary.failed}. {summary.message}"
+    )
+    if not summary.ok:
+        logger.error(line)
+        raise RuntimeError(line)
+    logger.info(line)
+    return summary

@@ -1,0 +1,211 @@
+"""Full reconcile against Azurite and the tenant emulator, through the real SDK stacks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from emulator.server import EmulatorServer
+from emulator.tenant import Tenant
+from shared.records import PlanStatus, RunOutcome, RunSummary
+from shared.settings import EnforcementMode, load_settings
+from shared.store import Store
+from shared.sweep import SweepRequest, run_sweep
+
+pytestmark = pytest.mark.usefixtures("app_env")
+
+
+async def sweep(mode: str | None = None, *, full: bool = True, confirm: str | None = None, **kw: Any) -> RunSummary:
+    request = SweepRequest(full=full, mode=EnforcementMode(mode) if mode else None, confirm_plan=confirm)
+    return await run_sweep(load_settings(), request, **kw)
+
+
+async def install(store: Store, tenant_id: str) -> None:
+    await store.initialise(tenant_id, "test")
+
+
+def set_calls(emulator: EmulatorServer) -> int:
+    return sum(1 for e in emulator.calllog.entries() if e["cmdlet"] == "Set-CASMailbox" and e["kind"] != "batch")
+
+
+def states(tenant: Tenant) -> dict[str, bool | None]:
+    return {m.guid: m.smtp_client_authentication_disabled for m in tenant.snapshot()}
+
+
+async def test_report_mode_changes_nothing_and_stores_the_plan(emulator: EmulatorServer, store: Store) -> None:
+    await install(store, emulator.tenant.tenant_id)
+    before = states(emulator.tenant)
+    expected = {g for g, v in before.items() if v is not True}
+
+    summary = await sweep()
+
+    assert summary.outcome is RunOutcome.REPORTED
+    assert set_calls(emulator) == 0
+    assert states(emulator.tenant) == before
+    assert summary.scanned == len(before)
+    loaded = await store.load_plan(summary.plan_id)
+    assert loaded is not None
+    plan, _ = loaded
+    assert plan.status is PlanStatus.REPORTED
+    assert {c.guid for c in plan.changes} == expected
+    audit = await store.list_audit(summary.run_id)
+    assert [row["RowKey"] for row in audit] == ["summary"]  # a report run writes no change rows
+    assert audit[0]["Outcome"] == "reported"
+
+
+async def test_enforce_reaches_exactly_the_desired_state(emulator: EmulatorServer, store: Store) -> None:
+    tenant = emulator.tenant
+    await install(store, tenant.tenant_id)
+    org_before = tenant.org_smtp_client_authentication_disabled
+    mailboxes = tenant.snapshot()
+    excepted = mailboxes[0]
+    from shared.exchange import ExchangeClient
+    from shared.identity import build_credential
+    from shared.registry import grant_exception, validate_grant
+
+    settings = load_settings()
+    credential = build_credential()
+    async with ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential) as exchange:
+        grant = validate_grant(mailbox=excepted.primary_smtp_address, days="30", reason="scanner", owner=None,
+                               device="MFP 3rd floor", auth="oauth", max_days=180)
+        await grant_exception(store, exchange, settings.tenant_id, grant, "admin", datetime.now(UTC))
+    await credential.close()
+    before = states(tenant)
+    planned = {g for g, v in before.items() if (v is not False if g == excepted.guid else v is not True)}
+
+    summary = await sweep("enforce")
+
+    assert summary.outcome is RunOutcome.COMPLETED, summary.message
+    after = states(tenant)
+    assert after == {g: (g != excepted.guid) for g in before}
+    assert tenant.org_smtp_client_authentication_disabled == org_before
+    audit = {row["MailboxGuid"]: row for row in await store.list_audit(summary.run_id) if row["RowKey"] != "summary"}
+    assert set(audit) == planned
+    assert summary.applied == len(planned)
+    for guid, row in audit.items():
+        assert row["After"] == ("false" if guid == excepted.guid else "true")
+        assert row["Actor"]  # the service principal's object id, from the token
+        assert row["Reason"] in {"null", "drift", "exception"}
+    # A second run finds nothing to do: idempotent.
+    again = await sweep("enforce")
+    assert again.outcome is RunOutcome.COMPLETED and again.planned == 0
+
+
+async def test_throttling_is_survived_and_retry_after_honoured(emulator: EmulatorServer, store: Store) -> None:
+    await install(store, emulator.tenant.tenant_id)
+    emulator.faults.configure(
+        throttle_rate=0.15, retry_after_seconds=0.4, concurrency_limit=2, error_503_rate=0.1,
+        batch_item_throttle_rate=0.2, latency_ms=5,
+    )
+
+    summary = await sweep("enforce")
+
+    assert summary.outcome is RunOutcome.COMPLETED, summary.message
+    assert all(v is True for v in states(emulator.tenant).values())
+    entries = emulator.calllog.entries()
+    statuses = {e["status"] for e in entries}
+    assert {429, 503} <= statuses  # the faults really fired
+    throttled = [e for e in entries if e["status"] == 429 and e["retry_after"]]
+    assert throttled
+    for hit in throttled:
+        retry = next((e for e in entries if e["key"] == hit["key"] and e["t"] > hit["t_end"]), None)
+        assert retry is not None, f"{hit['key']} was never retried"
+        assert retry["t"] >= hit["t_end"] + hit["retry_after"] - 0.02, hit["key"]
+
+
+async def test_persistent_set_failure_fails_then_heals(emulator: EmulatorServer, store: Store) -> None:
+    await install(store, emulator.tenant.tenant_id)
+    needing = {g for g, v in states(emulator.tenant).items() if v is not True}
+    emulator.faults.configure(failing_cmdlets={"Set-CASMailbox": 400})
+
+    failed = await sweep("enforce")
+
+    assert failed.outcome in (RunOutcome.PARTIAL, RunOutcome.FAILED)
+    assert failed.applied == 0 and failed.failed > 0
+    assert {g for g, v in states(emulator.tenant).items() if v is not True} == needing
+    emulator.faults.reset()
+
+    healed = await sweep("enforce")
+
+    assert healed.outcome is RunOutcome.COMPLETED, healed.message
+    assert healed.applied == len(needing)
+    assert all(v is True for v in states(emulator.tenant).values())
+
+
+async def test_missing_marker_refuses_without_any_change(emulator: EmulatorServer) -> None:
+    summary = await sweep("enforce")
+    assert summary.outcome is RunOutcome.REFUSED
+    assert "install marker" in summary.message
+    assert set_calls(emulator) == 0
+    assert len(emulator.calllog.entries()) == 0  # not even a listing
+
+
+async def test_marker_for_another_tenant_refuses(emulator: EmulatorServer, store: Store) -> None:
+    await store.initialise("99999999-9999-9999-9999-999999999999", "someone else")
+    summary = await sweep("enforce")
+    assert summary.outcome is RunOutcome.REFUSED
+    assert "names tenant 99999999" in summary.message
+    assert set_calls(emulator) == 0
+
+
+async def test_storage_down_makes_no_change(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devservices.azurite import free_port, table_connection_string
+
+    monkeypatch.setenv("AzureWebJobsStorage", table_connection_string(free_port()))
+    summary = await sweep("enforce")
+    assert summary.outcome is RunOutcome.FAILED
+    assert set_calls(emulator) == 0
+
+
+async def test_unreadable_exceptions_table_fails_closed(emulator: EmulatorServer, store: Store, storage: str) -> None:
+    from azure.data.tables.aio import TableServiceClient
+
+    await install(store, emulator.tenant.tenant_id)
+    async with TableServiceClient.from_connection_string(storage) as service:
+        await service.delete_table("SmtpGuardExceptions")  # looks like "no exceptions" if read naively
+    summary = await sweep("enforce")
+    assert summary.outcome in (RunOutcome.REFUSED, RunOutcome.FAILED)
+    assert set_calls(emulator) == 0
+
+
+async def test_incomplete_listing_makes_no_change(emulator: EmulatorServer, store: Store) -> None:
+    await install(store, emulator.tenant.tenant_id)
+    emulator.faults.configure(failing_cmdlets={"Get-CASMailbox": 400})
+    summary = await sweep("enforce")
+    assert summary.outcome is RunOutcome.FAILED
+    assert set_calls(emulator) == 0
+
+
+async def test_over_cap_plan_waits_for_confirmation(
+    emulator: EmulatorServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await install(store, emulator.tenant.tenant_id)
+    monkeypatch.setenv("MAX_CHANGES_PER_RUN", "3")
+    needing = {g for g, v in states(emulator.tenant).items() if v is not True}
+    assert len(needing) > 3
+
+    capped = await sweep("enforce")
+
+    assert capped.outcome is RunOutcome.OVER_CAP
+    assert set_calls(emulator) == 0
+    assert f"--confirm-plan {capped.plan_id}" in capped.message
+
+    unknown = await sweep("enforce", confirm="20260101T000000Z-deadbeef")
+    assert unknown.outcome is RunOutcome.REFUSED and "unknown" in unknown.message
+    stale = await sweep("enforce", confirm=capped.plan_id, clock=lambda: datetime.now(UTC) + timedelta(days=2))
+    assert stale.outcome is RunOutcome.REFUSED and "stale" in stale.message
+    assert set_calls(emulator) == 0
+
+    # One reviewed mailbox moves by hand before confirmation: it is no longer part of what is applied.
+    moved = sorted(needing)[0]
+    emulator.tenant.set_smtp(moved, True)
+    confirmed = await sweep("enforce", confirm=capped.plan_id)
+
+    assert confirmed.outcome is RunOutcome.COMPLETED, confirmed.message
+    assert confirmed.applied == len(needing) - 1
+    assert all(v is True for v in states(emulator.tenant).values())
+
+    replay = await sweep("enforce", confirm=capped.plan_id)
+    assert replay.outcome is RunOutcome.REFUSED and "already applied" in replay.message

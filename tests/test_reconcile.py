@@ -1,0 +1,92 @@
+"""The planner is pure: desired state versus actual state, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.reconcile import (
+    AuthMethod,
+    Change,
+    ChangeReason,
+    ExceptionRecord,
+    ExceptionStatus,
+    MailboxState,
+    PlanSummary,
+    confirmable,
+    effective_exceptions,
+    plan_changes,
+    plan_mailbox,
+)
+
+NOW = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+
+
+def record(guid: str, *, days: int = 30, status: ExceptionStatus = ExceptionStatus.APPROVED, rid: str = "r1"):
+    return ExceptionRecord(
+        id=rid, mailbox_guid=guid, mailbox_address=f"{guid}@contoso.com", status=status,
+        expires_at=NOW + timedelta(days=days), reason="printer", owner="", device="", auth_method=AuthMethod.OAUTH,
+        approved_by="admin", approved_at=NOW - timedelta(days=1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("actual", "exception", "expected"),
+    [
+        (True, None, None),
+        (None, None, (True, ChangeReason.NULL)),
+        (False, None, (True, ChangeReason.DRIFT)),
+        (False, record("m", days=10), None),
+        (True, record("m", days=10), (False, ChangeReason.EXCEPTION)),
+        (None, record("m", days=10), (False, ChangeReason.EXCEPTION)),
+        (False, record("m", days=-1), (True, ChangeReason.EXPIRED)),
+        (False, record("m", status=ExceptionStatus.REVOKED), (True, ChangeReason.EXPIRED)),
+        (None, record("m", days=-1), (True, ChangeReason.NULL)),
+        (True, record("m", days=-1), None),
+    ],
+)
+def test_plan_mailbox(actual, exception, expected) -> None:
+    change = plan_mailbox(MailboxState("m", "m@contoso.com", actual), exception, NOW)
+    if expected is None:
+        assert change is None
+    else:
+        assert change == Change("m", "m@contoso.com", actual, expected[0], expected[1])
+
+
+def test_expiry_is_exclusive_at_the_instant() -> None:
+    expiring = record("m", days=0)  # expires exactly now
+    assert plan_mailbox(MailboxState("m", "a", False), expiring, NOW) == Change("m", "a", False, True,
+                                                                                 ChangeReason.EXPIRED)
+
+
+def test_effective_exception_prefers_active_then_latest() -> None:
+    old = record("m", days=-5, rid="old")
+    active = record("m", days=3, rid="active")
+    revoked_later = record("m", days=90, status=ExceptionStatus.REVOKED, rid="revoked")
+    chosen = effective_exceptions([old, revoked_later, active], NOW)
+    assert chosen["m"].id == "active"
+    assert effective_exceptions([old, revoked_later], NOW)["m"].id == "revoked"
+
+
+def test_plan_changes_streams_and_counts() -> None:
+    mailboxes = [MailboxState(str(i), f"u{i}@c.com", v) for i, v in enumerate([True, None, False, False, None])]
+    summary = PlanSummary()
+    changes = list(plan_changes(mailboxes, {"3": record("3")}, NOW, summary))
+    assert [c.guid for c in changes] == ["1", "2", "4"]
+    assert summary.scanned == 5
+    assert summary.by_reason == {"null": 2, "drift": 1}
+    assert summary.changes == 3
+
+
+def test_confirmable_keeps_only_changes_that_still_hold() -> None:
+    reviewed = [Change("a", "a", None, True, ChangeReason.NULL), Change("b", "b", False, True, ChangeReason.DRIFT)]
+    current = [Change("a", "a", None, True, ChangeReason.NULL), Change("c", "c", None, True, ChangeReason.NULL)]
+    still, dropped = confirmable(reviewed, current)
+    assert [c.guid for c in still] == ["a"]
+    assert [c.guid for c in dropped] == ["b"]
+
+
+def test_change_json_round_trip() -> None:
+    change = Change("g", "x@c.com", None, True, ChangeReason.NULL)
+    assert Change.from_json(change.to_json()) == change
