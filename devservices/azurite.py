@@ -53,8 +53,17 @@ class Azurite:
             raise AzuriteError(f"Azurite is not installed at {AZURITE_TABLE}: run `npm ci` (make does it)")
         self._workdir = Path(tempfile.mkdtemp(prefix="azurite-"))
         self._process = subprocess.Popen(  # noqa: S603 - a fixed local binary
-            [str(AZURITE_TABLE), "--tableHost", "127.0.0.1", "--tablePort", str(self.port),
-             "--inMemoryPersistence", "--skipApiVersionCheck", "--disableProductStyleUrl", "--silent"],
+            [
+                str(AZURITE_TABLE),
+                "--tableHost",
+                "127.0.0.1",
+                "--tablePort",
+                str(self.port),
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--disableProductStyleUrl",
+                "--silent",
+            ],
             cwd=self._workdir,  # Azurite writes its debug files beside itself
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

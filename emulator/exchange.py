@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 from urllib.parse import quote
 
@@ -49,32 +50,29 @@ _JSON_HEADERS = {"Content-Type": "application/json; odata.metadata=minimal; char
 
 
 def iso(dt: datetime) -> str:
-    """EXO REST style: 7 fractional digits and Z (hand-rolled: strftime is slow on the hot path)."""
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%06d0Z" % (  # noqa: UP031
-        dt.year,
-        dt.month,
-        dt.day,
-        dt.hour,
-        dt.minute,
-        dt.second,
-        dt.microsecond,
-    )
+    """EXO REST style, 7 fractional digits and Z: '2026-11-28T05:56:20.1234560Z'.
+
+    Built from isoformat (C code): strftime would cost ~1 ms per 1000-object page.
+    Datetimes here are always UTC-aware, so the first 26 characters are the local part.
+    """
+    return dt.isoformat(timespec="microseconds")[:26] + "0Z"
 
 
 Getter = Callable[[Mailbox], Any]
 
+# attrgetter is C code: $select pages call these 1000s of times.
 _MAILBOX_FIELDS: dict[str, Getter] = {
-    "Guid": lambda m: m.guid,
-    "ExchangeGuid": lambda m: m.guid,
-    "ExternalDirectoryObjectId": lambda m: m.external_directory_object_id,
-    "Identity": lambda m: m.alias,
-    "Name": lambda m: m.alias,
-    "DisplayName": lambda m: m.display_name,
-    "Alias": lambda m: m.alias,
-    "PrimarySmtpAddress": lambda m: m.primary_smtp_address,
-    "UserPrincipalName": lambda m: m.user_principal_name,
+    "Guid": attrgetter("guid"),
+    "ExchangeGuid": attrgetter("guid"),
+    "ExternalDirectoryObjectId": attrgetter("external_directory_object_id"),
+    "Identity": attrgetter("alias"),
+    "Name": attrgetter("alias"),
+    "DisplayName": attrgetter("display_name"),
+    "Alias": attrgetter("alias"),
+    "PrimarySmtpAddress": attrgetter("primary_smtp_address"),
+    "UserPrincipalName": attrgetter("user_principal_name"),
     "RecipientType": lambda m: "UserMailbox",
-    "RecipientTypeDetails": lambda m: m.recipient_type_details,
+    "RecipientTypeDetails": attrgetter("recipient_type_details"),
     "WhenCreated": lambda m: iso(m.when_created),
     "WhenCreatedUTC": lambda m: iso(m.when_created),
     "WhenChanged": lambda m: iso(m.when_changed),
@@ -82,13 +80,13 @@ _MAILBOX_FIELDS: dict[str, Getter] = {
     "WhenMailboxCreated": lambda m: iso(m.when_mailbox_created),
 }
 _CAS_FIELDS: dict[str, Getter] = {
-    "Guid": lambda m: m.guid,
-    "ExternalDirectoryObjectId": lambda m: m.external_directory_object_id,
-    "Identity": lambda m: m.alias,
-    "Name": lambda m: m.alias,
-    "DisplayName": lambda m: m.display_name,
-    "PrimarySmtpAddress": lambda m: m.primary_smtp_address,
-    "SmtpClientAuthenticationDisabled": lambda m: m.smtp_client_authentication_disabled,
+    "Guid": attrgetter("guid"),
+    "ExternalDirectoryObjectId": attrgetter("external_directory_object_id"),
+    "Identity": attrgetter("alias"),
+    "Name": attrgetter("alias"),
+    "DisplayName": attrgetter("display_name"),
+    "PrimarySmtpAddress": attrgetter("primary_smtp_address"),
+    "SmtpClientAuthenticationDisabled": attrgetter("smtp_client_authentication_disabled"),
     "WhenCreated": lambda m: iso(m.when_created),
     "WhenCreatedUTC": lambda m: iso(m.when_created),
     "WhenChanged": lambda m: iso(m.when_changed),

@@ -110,7 +110,7 @@ def cli(app_env: dict[str, str]):  # type: ignore[no-untyped-def]
     """Run `python -m shared.cli ...` as a real process with the test's settings."""
 
     def run(*args: str, env: dict[str, str] | None = None) -> CliResult:
-        full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+        full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(_SESSION_DIR)}
         full_env.update(app_env if env is None else env)
         done = subprocess.run(
             [sys.executable, "-m", "shared.cli", *args],

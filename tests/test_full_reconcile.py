@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,8 +69,15 @@ async def test_enforce_reaches_exactly_the_desired_state(emulator: EmulatorServe
     settings = load_settings()
     credential = build_credential()
     async with ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential) as exchange:
-        grant = validate_grant(mailbox=excepted.primary_smtp_address, days="30", reason="scanner", owner=None,
-                               device="MFP 3rd floor", auth="oauth", max_days=180)
+        grant = validate_grant(
+            mailbox=excepted.primary_smtp_address,
+            days="30",
+            reason="scanner",
+            owner=None,
+            device="MFP 3rd floor",
+            auth="oauth",
+            max_days=180,
+        )
         await grant_exception(store, exchange, settings.tenant_id, grant, "admin", datetime.now(UTC))
     await credential.close()
     before = states(tenant)
@@ -96,8 +104,12 @@ async def test_enforce_reaches_exactly_the_desired_state(emulator: EmulatorServe
 async def test_throttling_is_survived_and_retry_after_honoured(emulator: EmulatorServer, store: Store) -> None:
     await install(store, emulator.tenant.tenant_id)
     emulator.faults.configure(
-        throttle_rate=0.15, retry_after_seconds=0.4, concurrency_limit=2, error_503_rate=0.1,
-        batch_item_throttle_rate=0.2, latency_ms=5,
+        throttle_rate=0.15,
+        retry_after_seconds=0.4,
+        concurrency_limit=2,
+        error_503_rate=0.1,
+        batch_item_throttle_rate=0.2,
+        latency_ms=5,
     )
 
     summary = await sweep("enforce")
@@ -209,3 +221,39 @@ async def test_over_cap_plan_waits_for_confirmation(
 
     replay = await sweep("enforce", confirm=capped.plan_id)
     assert replay.outcome is RunOutcome.REFUSED and "already applied" in replay.message
+
+
+@functools.cache
+def _indexed_functions() -> dict[str, Any]:
+    import function_app  # get_functions() indexes once per app, as the host does
+
+    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+def _timer_function(name: str):  # type: ignore[no-untyped-def]
+    return _indexed_functions()[name].get_user_function()
+
+
+async def test_timer_runs_the_engine(emulator: EmulatorServer, store: Store, storage: str) -> None:
+    from azure.data.tables.aio import TableServiceClient
+    from azure.functions.timer import TimerRequest
+
+    await install(store, emulator.tenant.tenant_id)
+    await _timer_function("full_reconcile")(TimerRequest())
+
+    async with TableServiceClient.from_connection_string(storage) as service:
+        audit = service.get_table_client("SmtpGuardAudit")
+        summaries = [e async for e in audit.query_entities("RowKey eq 'summary'")]
+    assert len(summaries) == 1
+    assert summaries[0]["Outcome"] == "reported"  # ENFORCEMENT_MODE defaults to report
+    assert summaries[0]["Full"] is True
+    assert summaries[0]["Scanned"] == len(emulator.tenant.snapshot())
+    assert set_calls(emulator) == 0
+
+
+async def test_timer_fails_loudly_when_refused(emulator: EmulatorServer) -> None:
+    from azure.functions.timer import TimerRequest
+
+    with pytest.raises(RuntimeError, match="refused"):  # no install marker
+        await _timer_function("full_reconcile")(TimerRequest())
+    assert set_calls(emulator) == 0

@@ -25,9 +25,17 @@ NOW = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 
 def record(guid: str, *, days: int = 30, status: ExceptionStatus = ExceptionStatus.APPROVED, rid: str = "r1"):
     return ExceptionRecord(
-        id=rid, mailbox_guid=guid, mailbox_address=f"{guid}@contoso.com", status=status,
-        expires_at=NOW + timedelta(days=days), reason="printer", owner="", device="", auth_method=AuthMethod.OAUTH,
-        approved_by="admin", approved_at=NOW - timedelta(days=1),
+        id=rid,
+        mailbox_guid=guid,
+        mailbox_address=f"{guid}@contoso.com",
+        status=status,
+        expires_at=NOW + timedelta(days=days),
+        reason="printer",
+        owner="",
+        device="",
+        auth_method=AuthMethod.OAUTH,
+        approved_by="admin",
+        approved_at=NOW - timedelta(days=1),
     )
 
 
@@ -56,8 +64,9 @@ def test_plan_mailbox(actual, exception, expected) -> None:
 
 def test_expiry_is_exclusive_at_the_instant() -> None:
     expiring = record("m", days=0)  # expires exactly now
-    assert plan_mailbox(MailboxState("m", "a", False), expiring, NOW) == Change("m", "a", False, True,
-                                                                                 ChangeReason.EXPIRED)
+    assert plan_mailbox(MailboxState("m", "a", False), expiring, NOW) == Change(
+        "m", "a", False, True, ChangeReason.EXPIRED
+    )
 
 
 def test_effective_exception_prefers_active_then_latest() -> None:

@@ -72,8 +72,14 @@ def test_function_app_indexes_with_no_settings_at_all() -> None:
         "print(sorted(fs))\n"
         "print(fs['full_reconcile'].get_bindings()[0].schedule)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
-                          text=True, timeout=60, cwd=str(__import__("pathlib").Path(__file__).parent.parent))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(__import__("pathlib").Path(__file__).parent.parent),
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "full_reconcile" in lines[0]
