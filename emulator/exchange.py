@@ -52,10 +52,17 @@ _JSON_HEADERS = {"Content-Type": "application/json; odata.metadata=minimal; char
 def iso(dt: datetime) -> str:
     """EXO REST style, 7 fractional digits and Z: '2026-11-28T05:56:20.1234560Z'.
 
-    Built from isoformat (C code): strftime would cost ~1 ms per 1000-object page.
-    Datetimes here are always UTC-aware, so the first 26 characters are the local part.
+    %-formatting: half the cost of isoformat on an aware datetime, a third of strftime.
     """
-    return dt.isoformat(timespec="microseconds")[:26] + "0Z"
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06d0Z" % (  # noqa: UP031
+        dt.year,
+        dt.month,
+        dt.day,
+        dt.hour,
+        dt.minute,
+        dt.second,
+        dt.microsecond,
+    )
 
 
 Getter = Callable[[Mailbox], Any]

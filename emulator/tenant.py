@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import sys
 import threading
 import uuid
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ class Tenant:
             if r < mix.user:
                 kind = "UserMailbox"
                 first, last = rng.choice(_FIRST), rng.choice(_LAST)
-                display = f"{first} {last}"
+                display = sys.intern(f"{first} {last}")  # 400 distinct names: share them
                 alias = f"{first}.{last}{n}".lower()
             elif r < mix.user + mix.shared:
                 kind = "SharedMailbox"

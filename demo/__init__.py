@@ -1,0 +1,1 @@
+"""`make demo`: reconcile a realistic local tenant, first in report mode, then in enforce mode."""
