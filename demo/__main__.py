@@ -47,7 +47,9 @@ def main() -> int:
             "AzureWebJobsStorage": azurite.connection_string,
             "ENFORCEMENT_MODE": "report",
         }
-        banner(f"A local tenant: {len(tenant)} mailboxes of every type. SmtpClientAuthenticationDisabled: {tally(tenant)}")
+        banner(
+            f"A local tenant: {len(tenant)} mailboxes of every type. SmtpClientAuthenticationDisabled: {tally(tenant)}"
+        )
         print(f"Organisation flag (Get-TransportConfig): {tenant.org_smtp_client_authentication_disabled}")
         print(f"Exchange emulator: {emulator.exchange_endpoint}; Azurite tables: 127.0.0.1:{azurite.port}")
 
@@ -56,9 +58,20 @@ def main() -> int:
             ("2. Report mode (the default): plan, store the plan, change nothing", ("sweep", "--full")),
             (
                 "3. Grandfather the floor-2 scanner with an exception before enforcing",
-                ("exceptions", "add", "--mailbox", printer.primary_smtp_address, "--days", "90",
-                 "--reason", "Scan-to-email; vendor moving to OAuth in Q1", "--device", "Ricoh IM C3000",
-                 "--auth", "basic"),
+                (
+                    "exceptions",
+                    "add",
+                    "--mailbox",
+                    printer.primary_smtp_address,
+                    "--days",
+                    "90",
+                    "--reason",
+                    "Scan-to-email; vendor moving to OAuth in Q1",
+                    "--device",
+                    "Ricoh IM C3000",
+                    "--auth",
+                    "basic",
+                ),
             ),
             ("4. Enforce: apply the plan, in $batch calls of 10", ("sweep", "--full", "--mode", "enforce")),
             ("5. Run again: nothing left to change (idempotent)", ("sweep", "--full", "--mode", "enforce")),
@@ -72,8 +85,10 @@ def main() -> int:
                 print(f"demo stopped: the command exited {code}", file=sys.stderr)
                 return code
         banner(f"Final state: {tally(tenant)}")
-        print(f"{printer.primary_smtp_address}: SmtpClientAuthenticationDisabled="
-              f"{tenant.find(printer.guid).smtp_client_authentication_disabled} (its approved exception)")
+        print(
+            f"{printer.primary_smtp_address}: SmtpClientAuthenticationDisabled="
+            f"{tenant.find(printer.guid).smtp_client_authentication_disabled} (its approved exception)"
+        )
         print(f"Organisation flag untouched: {tenant.org_smtp_client_authentication_disabled}")
         sets = emulator.calllog.count(cmdlet="Set-CASMailbox", kind="batch_item")
         print(f"Exchange calls: {len(emulator.calllog)} logged, {sets} Set-CASMailbox sub-requests")

@@ -728,7 +728,10 @@ class ExchangeRoutes:
                     )
                 url = self._item_url(request, str(item.get("url", "")))
                 cmdlet, params = self._parse_input(item.get("body"))
-                headers = {str(k).lower(): str(v) for k, v in (item.get("headers") or {}).items()}
+                raw_headers = item.get("headers") or {}
+                headers = (
+                    {str(k).lower(): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, dict) else {}
+                )
                 page_size, _ = _page_size(headers.get("prefer"))
                 call = Call(
                     cmdlet=cmdlet,

@@ -38,9 +38,7 @@ class Faults:
         if unknown:
             raise ValueError(f"unknown fault knob(s): {', '.join(sorted(unknown))}")
         for name, value in values.items():
-            if name == "failing_cmdlets":
-                value = {str(k): int(v) for k, v in (value or {}).items()}
-            setattr(self, name, value)
+            setattr(self, name, _coerce(name, value))
         if "rng_seed" in values:
             self._rng = random.Random(self.rng_seed)
 
@@ -61,3 +59,23 @@ class Faults:
             return False
         with self._rng_lock:
             return self._rng.random() < rate
+
+
+_INTS = {"concurrency_limit", "rng_seed"}
+_FLOATS = {"latency_ms", "throttle_rate", "retry_after_seconds", "batch_item_throttle_rate", "error_503_rate"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Type-check knobs at the door (they arrive as JSON), so a bad value never reaches the hot path."""
+    try:
+        if name in _INTS:
+            return int(value)
+        if name in _FLOATS:
+            return float(value)
+        if name == "concurrency_retry_after":
+            return None if value is None else float(value)
+        if name == "failing_cmdlets":
+            return {str(k): int(v) for k, v in dict(value or {}).items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"bad value for {name}: {value!r}") from None
+    return value

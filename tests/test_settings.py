@@ -71,6 +71,7 @@ def test_function_app_indexes_with_no_settings_at_all() -> None:
         "fs = {f.get_function_name(): f for f in function_app.app.get_functions()}\n"
         "print(sorted(fs))\n"
         "print(fs['full_reconcile'].get_bindings()[0].schedule)\n"
+        "print(fs['incremental_sweep'].get_bindings()[0].schedule)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -82,5 +83,6 @@ def test_function_app_indexes_with_no_settings_at_all() -> None:
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert "full_reconcile" in lines[0]
+    assert lines[0] == "['full_reconcile', 'incremental_sweep']"
     assert lines[1] == "0 30 2 * * *"
+    assert lines[2] == "0 */15 * * * *"
