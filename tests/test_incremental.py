@@ -172,6 +172,7 @@ async def test_two_sweeps_at_once_make_exactly_one_run(emulator: EmulatorServer,
 async def test_an_expired_lease_from_a_killed_run_is_taken_over(
     emulator: EmulatorServer, store: Store, storage: str
 ) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
     from azure.data.tables.aio import TableServiceClient
 
     await enforced_tenant(emulator, store)
@@ -186,5 +187,5 @@ async def test_an_expired_lease_from_a_killed_run_is_taken_over(
         taken = await sweep()
 
         assert taken.outcome is RunOutcome.COMPLETED, taken.message
-        with pytest.raises(Exception, match="ResourceNotFound|not found|does not exist"):
+        with pytest.raises(ResourceNotFoundError):
             await state.get_entity("sweep", "lease")  # released at the end of the run
