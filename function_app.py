@@ -5,9 +5,13 @@ Importing this module must work with no app settings: the host indexes functions
 
 import azure.functions as func
 
+from functions.approval_http import bp as approval_http
+from functions.exception_http import bp as exception_http
+from functions.health_http import bp as health_http
 from functions.reconcile_timer import bp as reconcile_timer
 from functions.sweep_timer import bp as sweep_timer
+from functions.workflow_timers import bp as workflow_timers
 
 app = func.FunctionApp()
-app.register_functions(reconcile_timer)
-app.register_functions(sweep_timer)
+for blueprint in (reconcile_timer, sweep_timer, exception_http, approval_http, health_http, workflow_timers):
+    app.register_functions(blueprint)

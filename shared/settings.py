@@ -11,8 +11,10 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from enum import StrEnum
 from typing import Final
+from urllib.parse import urlsplit
 
 from shared.errors import GuardError
 
@@ -32,8 +34,14 @@ DEFAULT_EXCEPTION_MAX_DAYS: Final = 180
 DEFAULT_SCHEDULES: Final[Mapping[str, str]] = {
     "SWEEP_SCHEDULE": "0 */15 * * * *",
     "RECONCILE_SCHEDULE": "0 30 2 * * *",
+    "OUTBOX_SCHEDULE": "0 */2 * * * *",
+    "LIFECYCLE_SCHEDULE": "0 0 7 * * *",
 }
 STORAGE_SETTING: Final = "AzureWebJobsStorage"
+DEFAULT_REQUEST_PENDING_DAYS: Final = 14
+DEFAULT_REQUEST_RATE_LIMIT_PER_DAY: Final = 10
+# Set by App Service when Authentication (Easy Auth) is on; only then are principal headers trusted.
+EASY_AUTH_SETTING: Final = "WEBSITE_AUTH_ENABLED"
 
 _KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("
 _URL = re.compile(r"^https://[^\s/?#]+(/[^\s?#]*)?$")
@@ -172,6 +180,90 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sweep_time_budget_seconds=_int(env, "SWEEP_TIME_BUDGET_SECONDS", DEFAULT_SWEEP_TIME_BUDGET_SECONDS, 1, 86_400),
         exception_max_days=_int(env, "EXCEPTION_MAX_DAYS", DEFAULT_EXCEPTION_MAX_DAYS, 1, 3650),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSettings:
+    """Settings of the request and approval workflow, on top of the sweep settings."""
+
+    base: Settings
+    public_base_url: str
+    notify_from: str
+    approver_group_id: str | None
+    approvers: frozenset[str]
+    basic_auth_retirement_date: date | None
+    teams_workflow_url: str | None
+    request_pending_days: int
+    request_rate_limit_per_day: int
+
+
+def _public_base_url(env: Mapping[str, str]) -> str:
+    expected = "the app's public https:// URL, e.g. https://guard.contoso.com (http only for localhost)"
+    value = _required(env, "PUBLIC_BASE_URL", expected).rstrip("/")
+    parsed = urlsplit(value)
+    loopback = parsed.hostname in ("localhost", "127.0.0.1")
+    if parsed.scheme not in ("https", "http") or (parsed.scheme == "http" and not loopback) or not parsed.netloc:
+        raise SettingsError("PUBLIC_BASE_URL", expected)
+    if parsed.query or parsed.fragment:
+        raise SettingsError("PUBLIC_BASE_URL", expected)
+    return value
+
+
+def _approvers(env: Mapping[str, str]) -> tuple[str | None, frozenset[str]]:
+    group = _guid(env, "APPROVER_GROUP_ID", required=False)
+    listed: set[str] = set()
+    for item in (_raw(env, "APPROVERS") or "").split(","):
+        if item.strip():
+            try:
+                listed.add(str(uuid.UUID(item.strip())))
+            except ValueError:
+                raise SettingsError("APPROVERS", "a comma-separated list of Entra object ids (GUIDs)") from None
+    if group is None and not listed:
+        raise SettingsError("APPROVER_GROUP_ID", "a group object id, or APPROVERS with object ids", "is missing")
+    return group, frozenset(listed)
+
+
+def _date(env: Mapping[str, str], name: str) -> date | None:
+    value = _raw(env, name)
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise SettingsError(name, "a date as YYYY-MM-DD") from None
+
+
+def load_workflow_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
+    env = os.environ if env is None else env
+    base = load_settings(env)
+    group, approvers = _approvers(env)
+    teams = _raw(env, "TEAMS_WORKFLOW_URL")
+    if teams is not None and not teams.startswith("https://"):
+        raise SettingsError("TEAMS_WORKFLOW_URL", "the https:// URL of a Teams Workflows webhook")
+    return WorkflowSettings(
+        base=base,
+        public_base_url=_public_base_url(env),
+        notify_from=_mail_address(env, "NOTIFY_FROM"),
+        approver_group_id=group,
+        approvers=approvers,
+        basic_auth_retirement_date=_date(env, "BASIC_AUTH_RETIREMENT_DATE"),
+        teams_workflow_url=teams,
+        request_pending_days=_int(env, "REQUEST_PENDING_DAYS", DEFAULT_REQUEST_PENDING_DAYS, 1, 90),
+        request_rate_limit_per_day=_int(env, "REQUEST_RATE_LIMIT_PER_DAY", DEFAULT_REQUEST_RATE_LIMIT_PER_DAY, 1, 1000),
+    )
+
+
+def _mail_address(env: Mapping[str, str], name: str) -> str:
+    expected = "the mailbox address notifications are sent from, e.g. smtp-guard@contoso.com"
+    value = _required(env, name, expected)
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+        raise SettingsError(name, expected)
+    return value.lower()
+
+
+def easy_auth_enabled(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return (env.get(EASY_AUTH_SETTING) or "").strip().lower() == "true"
 
 
 def schedule(name: str) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar, get_type_hints
 
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
@@ -25,12 +26,16 @@ from shared.errors import InputError, NotInstalledError, RefusedError, StoreErro
 from shared.reconcile import AuthMethod, Change, ExceptionRecord, ExceptionStatus
 from shared.records import AuditEntry, PlanStatus, RunSummary, StoredPlan, tri_state
 from shared.settings import StorageConfig
+from shared.workflow_records import ExceptionRequest, OutboxItem, OutboxStatus
 
 STATE_TABLE: Final = "SmtpGuardState"
 EXCEPTIONS_TABLE: Final = "SmtpGuardExceptions"
 PLANS_TABLE: Final = "SmtpGuardPlans"
 AUDIT_TABLE: Final = "SmtpGuardAudit"
-TABLES: Final = (STATE_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, AUDIT_TABLE)
+# Requests and their notification outbox share a partition (the request id), so a request and the
+# notification it owes are written in one transaction: neither is ever stored without the other.
+WORKFLOW_TABLE: Final = "SmtpGuardRequests"
+TABLES: Final = (STATE_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, AUDIT_TABLE, WORKFLOW_TABLE)
 SCHEMA_VERSION: Final = 1
 TRANSACTION_LIMIT: Final = 100  # entities per table transaction
 PLAN_CHUNK_CHARS: Final = 30_000  # a string property holds at most 32K characters
@@ -285,6 +290,114 @@ class Store:
         async with _storage_errors("write the run summary"):
             await self._table(AUDIT_TABLE).create_entity(_summary_entity(summary))
 
+    async def get_exception(self, exception_id: str) -> ExceptionRecord | None:
+        async with _storage_errors("read the exception"):
+            found = [
+                e
+                async for e in self._table(EXCEPTIONS_TABLE).query_entities(
+                    "RowKey eq @rk", parameters={"rk": exception_id}
+                )
+            ]
+        return _exception_from_entity(found[0]) if found else None
+
+    async def put_exception(self, record: ExceptionRecord, created_by: str) -> None:
+        """Write an exception under its own id; idempotent, so a retried approval writes it once."""
+        async with _storage_errors("write the exception"):
+            await self._table(EXCEPTIONS_TABLE).upsert_entity(
+                {**_exception_to_entity(record), "CreatedBy": created_by}, mode=UpdateMode.REPLACE
+            )
+
+    async def revoke_exception_by_id(self, record: ExceptionRecord, revoked_by: str, now: datetime) -> None:
+        async with _storage_errors("revoke the exception"):
+            await self._table(EXCEPTIONS_TABLE).update_entity(
+                {
+                    "PartitionKey": record.mailbox_guid,
+                    "RowKey": record.id,
+                    "Status": ExceptionStatus.REVOKED.value,
+                    "RevokedAt": now,
+                    "RevokedBy": revoked_by,
+                },
+                mode=UpdateMode.MERGE,
+            )
+
+    # -- requests and outbox -------------------------------------------------------------------------
+
+    async def create_request(self, request: ExceptionRequest, notify: Sequence[OutboxItem]) -> None:
+        table = self._table(WORKFLOW_TABLE)
+        async with _storage_errors("store the request"):
+            await _submit(
+                table,
+                [("create", {**to_entity(request), "PartitionKey": request.id, "RowKey": "request"})]
+                + [("create", _outbox_entity(item)) for item in notify],
+            )
+
+    async def get_request(self, request_id: str) -> tuple[ExceptionRequest, str] | None:
+        async with _storage_errors("read the request"):
+            try:
+                entity = await self._table(WORKFLOW_TABLE).get_entity(request_id, "request")
+            except ResourceNotFoundError:
+                return None
+        return from_entity(ExceptionRequest, entity), entity.metadata["etag"]
+
+    async def query_requests(self, odata_filter: str, parameters: dict[str, Any]) -> list[ExceptionRequest]:
+        async with _storage_errors("read the requests"):
+            return [
+                from_entity(ExceptionRequest, e)
+                async for e in self._table(WORKFLOW_TABLE).query_entities(
+                    f"RowKey eq 'request' and ({odata_filter})", parameters=parameters
+                )
+            ]
+
+    async def update_request(self, request: ExceptionRequest, etag: str, notify: Sequence[OutboxItem] = ()) -> None:
+        """Replace the request if nobody changed it since `etag`, and enqueue `notify`, atomically.
+
+        Raises RefusedError when someone else changed it first (two approvers at once).
+        """
+        table = self._table(WORKFLOW_TABLE)
+        operations: list[Any] = [
+            (
+                "update",
+                {**to_entity(request), "PartitionKey": request.id, "RowKey": "request"},
+                {"mode": UpdateMode.REPLACE, "etag": etag, "match_condition": MatchConditions.IfNotModified},
+            )
+        ]
+        operations += [("upsert", _outbox_entity(item)) for item in notify]
+        async with _storage_errors("update the request"):
+            await _submit(table, operations)
+
+    async def enqueue(self, item: OutboxItem) -> bool:
+        """Enqueue a notification once; False when it was enqueued before (reminders go out once)."""
+        async with _storage_errors("enqueue the notification"):
+            try:
+                await self._table(WORKFLOW_TABLE).create_entity(_outbox_entity(item))
+            except ResourceExistsError:
+                return False
+        return True
+
+    async def due_notifications(self, now: datetime) -> list[tuple[OutboxItem, str]]:
+        async with _storage_errors("read the outbox"):
+            rows = [
+                e
+                async for e in self._table(WORKFLOW_TABLE).query_entities(
+                    "RowKey ge 'outbox-' and RowKey lt 'outbox.' and Status eq @pending and NextAttemptAt le @now",
+                    parameters={"pending": OutboxStatus.PENDING.value, "now": now},
+                )
+            ]
+        return [(_outbox_from_entity(e), e.metadata["etag"]) for e in rows]
+
+    async def save_notification(self, item: OutboxItem, etag: str) -> str:
+        async with _storage_errors("update the outbox"):
+            try:
+                metadata = await self._table(WORKFLOW_TABLE).update_entity(
+                    _outbox_entity(item),
+                    mode=UpdateMode.REPLACE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                raise RefusedError("another sender handled this notification") from None
+        return str(metadata["etag"])
+
     async def list_audit(self, run_id: str) -> list[dict[str, Any]]:
         async with _storage_errors("read the audit trail"):
             return [
@@ -361,6 +474,47 @@ async def _take_lease(table: TableClient, holder: str, expires: datetime, now: d
 
 
 # -- entity mapping -----------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def to_entity(record: Any) -> dict[str, Any]:
+    """A dataclass as table properties (PascalCase); enums as their values; None left out."""
+    entity: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if value is None:
+            continue
+        entity[_pascal(f.name)] = value.value if isinstance(value, Enum) else value
+    return entity
+
+
+def from_entity(cls: type[T], entity: dict[str, Any]) -> T:
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        key = _pascal(f.name)
+        if key not in entity:
+            continue
+        value = entity[key]
+        kind = hints[f.name]
+        if isinstance(kind, type) and issubclass(kind, Enum):
+            value = kind(value)
+        values[f.name] = value
+    return cls(**values)
+
+
+def _outbox_entity(item: OutboxItem) -> dict[str, Any]:
+    return {**to_entity(item), "PartitionKey": item.partition, "RowKey": item.row_key}
+
+
+def _outbox_from_entity(entity: dict[str, Any]) -> OutboxItem:
+    entity = {**entity, "Partition": entity["PartitionKey"]}
+    return from_entity(OutboxItem, entity)
 
 
 def _exception_to_entity(record: ExceptionRecord) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""The workflow's long-lived clients: one set per event loop and settings, so tokens and connections
+are reused across invocations (the Functions worker keeps its process and loop between calls)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from azure.core.credentials_async import AsyncTokenCredential
+
+from shared.exchange import ExchangeClient
+from shared.identity import build_credential
+from shared.settings import WorkflowSettings, load_workflow_settings
+from shared.store import Store
+
+if TYPE_CHECKING:
+    from shared.graph import GraphClient
+
+
+@dataclass(slots=True)
+class Clients:
+    settings: WorkflowSettings
+    credential: AsyncTokenCredential
+    store: Store
+    exchange: ExchangeClient
+    graph: GraphClient
+
+
+_cache: dict[tuple[int, WorkflowSettings], Clients] = {}
+
+
+async def clients() -> Clients:
+    """Clients for the current settings; SettingsError names a bad setting."""
+    settings = load_workflow_settings()
+    key = (id(asyncio.get_running_loop()), settings)
+    found = _cache.get(key)
+    if found is None:
+        from shared.graph import GraphClient  # msgraph-sdk is large: import only when the workflow runs
+
+        credential = build_credential()
+        base = settings.base
+        found = Clients(
+            settings=settings,
+            credential=credential,
+            store=Store.from_config(base.storage, credential),
+            exchange=ExchangeClient(
+                base.exchange_endpoint, base.tenant_id, credential, concurrency=base.exchange_concurrency
+            ),
+            graph=GraphClient(base.graph_endpoint, credential),
+        )
+        _cache[key] = found
+    return found
+
+
+async def close_all() -> None:
+    """For tests and the local host's shutdown: close every cached client."""
+    while _cache:
+        _, found = _cache.popitem()
+        await found.exchange.close()
+        await found.store.close()
+        await found.credential.close()  # type: ignore[attr-defined]

@@ -1,0 +1,212 @@
+"""Microsoft Graph, through msgraph-sdk: users, approver membership, mail, sign-in evidence, blockers.
+
+The sweeps never import this module (msgraph-sdk is large); only the workflow does, lazily.
+Retries with Retry-After come from msgraph-core's middleware.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.core.credentials_async import AsyncTokenCredential
+from kiota_abstractions.api_error import APIError
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
+from msgraph import GraphRequestAdapter, GraphServiceClient
+
+from shared.errors import GuardError
+
+SMTP_CLIENT_APP = "Authenticated SMTP"
+
+
+class GraphError(GuardError):
+    """Graph could not be reached or refused the call."""
+
+    def __init__(self, action: str, status: int | None, detail: str) -> None:
+        self.status = status
+        super().__init__(f"Graph could not {action} (HTTP {status or 'n/a'}): {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryUser:
+    id: str
+    user_principal_name: str
+    display_name: str
+    mail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    at: datetime
+    ip_address: str
+    client_app: str
+    succeeded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Something read for the approval page, or the reason it is not available."""
+
+    value: Any = None
+    unavailable: str = ""
+
+
+class GraphClient:
+    def __init__(self, endpoint: str, credential: AsyncTokenCredential) -> None:
+        host = urlsplit(endpoint).hostname or ""
+        auth = AzureIdentityAuthenticationProvider(
+            credential, scopes=[f"{endpoint}/.default"], allowed_hosts=[host], is_cae_enabled=False
+        )
+        adapter = GraphRequestAdapter(auth)
+        adapter.base_url = f"{endpoint}/v1.0"
+        self._client = GraphServiceClient(request_adapter=adapter)
+
+    async def get_user(self, id_or_upn: str) -> DirectoryUser | None:
+        try:
+            user = await self._client.users.by_user_id(id_or_upn).get()
+        except APIError as err:
+            if err.response_status_code == 404:
+                return None
+            raise _error("read a user", err) from None
+        if user is None:
+            return None
+        return DirectoryUser(
+            id=user.id or "",
+            user_principal_name=user.user_principal_name or "",
+            display_name=user.display_name or "",
+            mail=(user.mail or user.user_principal_name or "").lower(),
+        )
+
+    async def is_member(self, user_id: str, group_id: str) -> bool:
+        from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
+            CheckMemberGroupsPostRequestBody,
+        )
+
+        body = CheckMemberGroupsPostRequestBody(group_ids=[group_id])
+        try:
+            result = await self._client.users.by_user_id(user_id).check_member_groups.post(body)
+        except APIError as err:
+            if err.response_status_code == 404:
+                return False
+            raise _error("check group membership", err) from None
+        return group_id in (result.value if result and result.value else [])
+
+    async def group_member_mails(self, group_id: str) -> list[str]:
+        try:
+            page = await self._client.groups.by_group_id(group_id).members.get()
+            mails: list[str] = []
+            while page is not None:
+                mails.extend(
+                    (getattr(m, "mail", None) or getattr(m, "user_principal_name", None) or "").lower()
+                    for m in page.value or []
+                )
+                if not page.odata_next_link:
+                    break
+                page = await self._client.groups.by_group_id(group_id).members.with_url(page.odata_next_link).get()
+        except APIError as err:
+            raise _error("list the approver group", err) from None
+        return [m for m in mails if m]
+
+    async def send_mail(self, sender: str, to: Sequence[str], subject: str, html: str, text: str) -> None:
+        """Send HTML with a plain-text alternative: Graph's MIME form of sendMail (base64 MIME, text/plain)."""
+        from kiota_abstractions.method import Method
+        from kiota_abstractions.request_information import RequestInformation
+        from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+        mime = EmailMessage()
+        mime["From"] = sender
+        mime["To"] = ", ".join(to)
+        mime["Subject"] = subject
+        mime.set_content(text)
+        mime.add_alternative(html, subtype="html")
+        builder = self._client.users.by_user_id(sender).send_mail
+        info = RequestInformation(Method.POST, builder.url_template, builder.path_parameters)
+        info.set_stream_content(base64.b64encode(mime.as_bytes()), "text/plain")
+        try:
+            await builder.request_adapter.send_no_response_content_async(info, {"XXX": ODataError})
+        except APIError as err:
+            raise _error("send mail", err) from None
+
+    async def smtp_sign_ins(self, upn: str, since: datetime, top: int = 10) -> Evidence:
+        from msgraph.generated.audit_logs.sign_ins.sign_ins_request_builder import SignInsRequestBuilder
+
+        query = SignInsRequestBuilder.SignInsRequestBuilderGetQueryParameters(
+            filter=(
+                f"userPrincipalName eq '{_odata_string(upn)}' and clientAppUsed eq '{SMTP_CLIENT_APP}' "
+                f"and createdDateTime ge {since:%Y-%m-%dT%H:%M:%SZ}"
+            ),
+            top=top,
+        )
+        try:
+            result = await self._client.audit_logs.sign_ins.get(RequestConfiguration(query_parameters=query))
+        except APIError as err:
+            return Evidence(unavailable=_unavailable(err, "AuditLog.Read.All and Entra ID P1"))
+        return Evidence(
+            value=[
+                SignIn(
+                    at=s.created_date_time,
+                    ip_address=s.ip_address or "",
+                    client_app=s.client_app_used or "",
+                    succeeded=bool(s.status is None or not s.status.error_code),
+                )
+                for s in (result.value if result and result.value else [])
+                if s.created_date_time is not None
+            ]
+        )
+
+    async def security_defaults(self) -> Evidence:
+        try:
+            policy = await self._client.policies.identity_security_defaults_enforcement_policy.get()
+        except APIError as err:
+            return Evidence(unavailable=_unavailable(err, "Policy.Read.All"))
+        return Evidence(value=bool(policy and policy.is_enabled))
+
+    async def legacy_auth_blocks(self) -> Evidence:
+        """Names of enabled Conditional Access policies that block legacy-auth clients ("other")."""
+        try:
+            result = await self._client.identity.conditional_access.policies.get()
+        except APIError as err:
+            return Evidence(unavailable=_unavailable(err, "Policy.Read.All"))
+        names: list[str] = []
+        for policy in result.value if result and result.value else []:
+            state = str(getattr(policy.state, "value", policy.state) or "")
+            apps = (
+                [str(getattr(a, "value", a)) for a in (policy.conditions.client_app_types or [])]
+                if (policy.conditions)
+                else []
+            )
+            controls = (
+                [str(getattr(c, "value", c)) for c in (policy.grant_controls.built_in_controls or [])]
+                if (policy.grant_controls)
+                else []
+            )
+            if state == "enabled" and "other" in apps and "block" in controls:
+                names.append(policy.display_name or policy.id or "unnamed policy")
+        return Evidence(value=names)
+
+
+def _odata_string(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def sign_in_window(now: datetime, days: int = 30) -> datetime:
+    return now - timedelta(days=days)
+
+
+def _error(action: str, err: APIError) -> GraphError:
+    detail = getattr(getattr(err, "error", None), "message", None) or str(err.message or err)[:300]
+    return GraphError(action, err.response_status_code, str(detail).splitlines()[0] if detail else "no detail")
+
+
+def _unavailable(err: APIError, permission: str) -> str:
+    status = err.response_status_code
+    if status in (401, 403):
+        code = getattr(getattr(err, "error", None), "code", None) or ""
+        return f"not available: the app lacks {permission} ({code or status})"
+    return f"not available: Graph answered HTTP {status}"

@@ -1,0 +1,250 @@
+"""Handlers behind the HTTP functions: the request form and JSON API, status, approval, revoke, health.
+
+Each takes an azure.functions.HttpRequest and returns an HttpResponse; `functions/` only routes.
+Browsers get accessible HTML with inline field errors; API clients (JSON) get JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+import azure.functions as func
+
+from shared.clients import Clients, clients
+from shared.errors import GuardError, NotInstalledError, StoreError, WrongTenantError
+from shared.principal import Principal, principal_from_headers
+from shared.reconcile import AuthMethod
+from shared.settings import SettingsError, load_workflow_settings
+from shared.store import Store
+from shared.web import (
+    CSRF_FIELD,
+    HttpError,
+    check_csrf,
+    csrf_token,
+    html,
+    is_json_body,
+    json_response,
+    read_input,
+    redirect,
+    wants_json,
+)
+from shared.workflow import (
+    FIELDS,
+    can_view,
+    decide,
+    gather_evidence,
+    is_approver,
+    link_token_valid,
+    longest_days,
+    now_utc,
+    public_request,
+    revoke,
+    submit_request,
+    validate_request,
+)
+from shared.workflow_records import AlternativesReason, RequestStatus, SenderKind
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[func.HttpRequest, Principal, Clients], Awaitable[func.HttpResponse]]
+
+
+def _error_response(req: func.HttpRequest, err: HttpError) -> func.HttpResponse:
+    if wants_json(req):
+        return json_response({"error": err.message, "errors": err.errors}, err.status)
+    return html("message.html", err.status, title="Request refused", message=err.message, errors=err.errors)
+
+
+def endpoint(handler: Handler) -> Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]:
+    """Signed-in callers only; turns refusals into 4xx answers and never leaks internals."""
+
+    @wraps(handler)
+    async def run(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            principal = principal_from_headers(req.headers)
+            if principal is None:
+                raise HttpError(401, "sign in first (App Service Authentication is required)")
+            return await handler(req, principal, await clients())
+        except HttpError as err:
+            return _error_response(req, err)
+        except SettingsError as err:
+            logger.error("SMTP AUTH Guard is misconfigured: %s", err)
+            return _error_response(req, HttpError(503, "the service is not configured; an admin has been told"))
+        except (NotInstalledError, WrongTenantError) as err:
+            logger.error("SMTP AUTH Guard refused to use its store: %s", err)
+            return _error_response(req, HttpError(503, "the service is not initialised; an admin has been told"))
+        except GuardError as err:
+            logger.error("SMTP AUTH Guard dependency failure: %s", err)
+            return _error_response(req, HttpError(503, "a service this depends on is unavailable; try again later"))
+
+    return run
+
+
+def _route_id(req: func.HttpRequest) -> str:
+    return (req.route_params.get("id") or "").lower()
+
+
+# -- the request form and submission ------------------------------------------------------------------------
+
+
+def _form_context(c: Clients, principal: Principal, values: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+    settings = c.settings
+    return {
+        "values": values,
+        "errors": errors,
+        "principal": principal,
+        "sender_kinds": list(SenderKind),
+        "alternatives": list(AlternativesReason),
+        "auth_methods": list(AuthMethod),
+        "max_days": settings.base.exception_max_days,
+        "basic_max_days": longest_days(
+            AuthMethod.BASIC, settings.base.exception_max_days, settings.basic_auth_retirement_date, now_utc()
+        ),
+        "retirement": settings.basic_auth_retirement_date,
+        "csrf_field": CSRF_FIELD,
+    }
+
+
+@endpoint
+async def request_form(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
+    values = {name: req.params.get(name, "") for name in FIELDS}
+    values["mailbox"] = values["mailbox"] or principal.upn
+    token, cookie = csrf_token(req, c.settings.public_base_url)
+    return html("form.html", 200, cookie, csrf=token, **_form_context(c, principal, values, {}))
+
+
+@endpoint
+async def submit(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
+    fields = read_input(req)
+    as_json = is_json_body(req)
+    if not as_json:
+        check_csrf(req, fields, c.settings.public_base_url)
+    settings = c.settings
+    try:
+        draft = validate_request(
+            fields, principal, settings.base.exception_max_days, settings.basic_auth_retirement_date, now_utc()
+        )
+        request = await submit_request(c, draft, principal, now_utc())
+    except HttpError as err:
+        if as_json:
+            raise
+        if "request_id" in err.errors:
+            err.errors = {"mailbox": f"{err.message}: see /api/exceptions/{err.errors['request_id']}"}
+        values = {name: fields.get(name, "") for name in FIELDS}
+        token, cookie = csrf_token(req, settings.public_base_url)
+        context = _form_context(c, principal, values, err.errors or {"form": err.message})
+        return html("form.html", err.status, cookie, csrf=token, **context)
+    location = f"/api/exceptions/{request.id}"
+    if as_json:
+        return json_response(public_request(request), 201, {"Location": location})
+    return redirect(location)
+
+
+@endpoint
+async def status(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
+    loaded = await c.store.get_request(_route_id(req))
+    if loaded is None:
+        raise HttpError(404, "no such request")
+    request, _ = loaded
+    if not await can_view(c, request, principal):
+        raise HttpError(403, "only the requester, the owner and approvers may see this request")
+    if wants_json(req):
+        return json_response(public_request(request))
+    return html("status.html", request=request)
+
+
+# -- approval -----------------------------------------------------------------------------------------------
+
+
+@endpoint
+async def approval_page(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
+    """GET (and HEAD): a confirmation page that changes nothing, so link scanners are harmless."""
+    if not await is_approver(c, principal):
+        raise HttpError(403, "only approvers may open approval links")
+    loaded = await c.store.get_request(_route_id(req))
+    if loaded is None:
+        raise HttpError(404, "no such request")
+    request, _ = loaded
+    now = now_utc()
+    token = req.params.get("token", "")
+    if request.status is RequestStatus.PENDING and not link_token_valid(request, token, now):
+        raise HttpError(403, "this approval link is invalid, used or expired")
+    evidence = await gather_evidence(c, request, now) if request.status is RequestStatus.PENDING else None
+    csrf, cookie = csrf_token(req, c.settings.public_base_url)
+    return html(
+        "approval.html",
+        200,
+        cookie,
+        request=request,
+        evidence=evidence,
+        token=token,
+        csrf=csrf,
+        csrf_field=CSRF_FIELD,
+        self_request=principal.object_id == request.requester_id,
+        retirement=c.settings.basic_auth_retirement_date,
+    )
+
+
+@endpoint
+async def approval_decision(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
+    fields = read_input(req)
+    if not is_json_body(req):
+        check_csrf(req, fields, c.settings.public_base_url)
+    result = await decide(
+        c, _route_id(req), principal, fields.get("token") or req.params.get("token"), fields, now_utc()
+    )
+    if wants_json(req):
+        return json_response(
+            {**public_request(result.request), "applied": result.applied, "apply_error": result.apply_error}
+        )
+    return html("decided.html", request=result.request, applied=result.applied, apply_error=result.apply_error)
+
+
+@endpoint
+async def revoke_exception(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
+    fields = read_input(req) if req.get_body() else {}
+    if not is_json_body(req):
+        check_csrf(req, fields, c.settings.public_base_url)
+    record = await revoke(c, _route_id(req), principal, now_utc())
+    if wants_json(req):
+        return json_response({"id": record.id, "mailbox_address": record.mailbox_address, "status": "revoked"})
+    return html(
+        "message.html",
+        title="Exception revoked",
+        errors={},
+        message=f"The exception for {record.mailbox_address} ended now; SMTP AUTH is off again.",
+    )
+
+
+# -- health -------------------------------------------------------------------------------------------------
+
+
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Anonymous readiness: names a bad setting, says whether storage answers; no tenant data."""
+    checks: dict[str, str] = {}
+    try:
+        settings = load_workflow_settings()
+        checks["settings"] = "ok"
+    except SettingsError as err:
+        checks["settings"] = str(err)
+        return json_response({"status": "unhealthy", "checks": checks}, 503)
+    from shared.identity import build_credential
+
+    credential = build_credential()
+    try:
+        async with Store.from_config(settings.base.storage, credential) as store:
+            await store.require_marker(settings.base.tenant_id)
+        checks["storage"] = "ok"
+    except NotInstalledError:
+        checks["storage"] = "not initialised: run `python -m shared.cli init`"
+    except WrongTenantError:
+        checks["storage"] = "the install marker names another tenant"
+    except StoreError:
+        checks["storage"] = "unreachable"
+    finally:
+        await credential.close()  # type: ignore[attr-defined]
+    healthy = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ok" if healthy else "unhealthy", "checks": checks}, 200 if healthy else 503)

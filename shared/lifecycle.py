@@ -1,0 +1,82 @@
+"""Daily lifecycle: expiry reminders (14 days and 1 day before, once each), expiry notices, lapsed
+pending requests, and repair of an approval interrupted before its exception was written.
+
+Reminders go out once because each is an outbox row with a deterministic key: enqueueing it again
+finds the row already there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from shared.clients import Clients
+from shared.errors import RefusedError
+from shared.reconcile import ExceptionRecord, ExceptionStatus
+from shared.workflow import exception_from_request, now_utc, write_exception
+from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus, RequestStatus
+
+REMINDERS: tuple[tuple[NotificationKind, timedelta], ...] = (
+    (NotificationKind.REMINDER_14, timedelta(days=14)),
+    (NotificationKind.REMINDER_1, timedelta(days=1)),
+)
+
+
+@dataclass(slots=True)
+class LifecycleReport:
+    reminders: int = 0
+    expiry_notices: int = 0
+    requests_expired: int = 0
+    repaired: int = 0
+
+
+async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleReport:
+    now = now or now_utc()
+    report = LifecycleReport()
+    await c.store.require_marker(c.settings.base.tenant_id)
+    records = await c.store.list_exceptions()
+    workflow_ids = {r.id for r in await c.store.query_requests("Status eq @s", {"s": RequestStatus.APPROVED.value})}
+    for record in records:
+        if record.status is not ExceptionStatus.APPROVED:
+            continue
+        partition = record.id if record.id in workflow_ids else f"exception-{record.id}"
+        if record.expires_at <= now:
+            # The reconcile switches SMTP AUTH off; this only tells the owner, once.
+            report.expiry_notices += await _enqueue(c, partition, NotificationKind.EXPIRED, record, now)
+            continue
+        for kind, before in REMINDERS:
+            if record.expires_at - now <= before:
+                report.reminders += await _enqueue(c, partition, kind, record, now)
+    for request in await c.store.query_requests("Status eq @s", {"s": RequestStatus.PENDING.value}):
+        if request.expires_at <= now:
+            loaded = await c.store.get_request(request.id)
+            if loaded is None:
+                continue
+            current, etag = loaded
+            notice = OutboxItem(request.id, NotificationKind.REQUEST_EXPIRED, OutboxStatus.PENDING, now, now)
+            try:
+                await c.store.update_request(
+                    replace(current, status=RequestStatus.EXPIRED, token_hash=""), etag, [notice]
+                )
+            except RefusedError:
+                continue  # decided at this very moment
+            report.requests_expired += 1
+    report.repaired = await _repair_interrupted_approvals(c, records, now)
+    return report
+
+
+async def _enqueue(c: Clients, partition: str, kind: NotificationKind, record: ExceptionRecord, now: datetime) -> int:
+    item = OutboxItem(partition, kind, OutboxStatus.PENDING, now, now, exception_id=record.id)
+    return int(await c.store.enqueue(item))
+
+
+async def _repair_interrupted_approvals(c: Clients, records: list[ExceptionRecord], now: datetime) -> int:
+    """An approval whose process died after the decision but before the exception was written."""
+    have = {r.id for r in records}
+    repaired = 0
+    for request in await c.store.query_requests("Status eq @s", {"s": RequestStatus.APPROVED.value}):
+        if request.id in have or request.exception_expires_at is None or request.exception_expires_at <= now:
+            continue
+        await write_exception(c, exception_from_request(request), request.decided_by)
+        repaired += 1
+    return repaired

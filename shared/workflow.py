@@ -1,0 +1,457 @@
+"""The request and approval workflow: validate, submit, decide, revoke. HTTP-agnostic.
+
+A decision happens exactly once: the request moves out of `pending` through an ETag-conditional
+write, together with the notification it owes. Approval then writes the exception, switches SMTP
+AUTH on for that one mailbox at once (an explicit admin action, so in report mode too) and audits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Final
+
+from shared.clients import Clients
+from shared.errors import ExchangeError, GuardError, InputError, RefusedError
+from shared.graph import Evidence, sign_in_window
+from shared.principal import Principal
+from shared.reconcile import AuthMethod, Change, ChangeReason, ExceptionRecord, ExceptionStatus, MailboxState
+from shared.records import Actor, AuditEntry
+from shared.validation import choice, free_text, mailbox_address, whole_number
+from shared.web import HttpError
+from shared.workflow_records import (
+    AlternativesReason,
+    ExceptionRequest,
+    NotificationKind,
+    OutboxItem,
+    OutboxStatus,
+    RequestStatus,
+    SenderKind,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_VENDOR: Final = 200
+MAX_DETAIL: Final = 2000
+MAX_CONTACT: Final = 200
+MAX_TICKET: Final = 100
+MAX_SOURCE_IPS: Final = 500
+MAX_COMMENT: Final = 1000
+FIELDS: Final = (
+    "mailbox", "sender_kind", "vendor", "source_ips", "auth_method", "alternatives_reason",
+    "alternatives_detail", "days", "owner", "contact", "ticket", "renews",
+)  # fmt: skip
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_link_token() -> tuple[str, str]:
+    """A single-use approval link token and the hash stored on the request (the token never is)."""
+    token = secrets.token_urlsafe(32)
+    return token, token_hash(token)
+
+
+# -- validation ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDraft:
+    mailbox: str
+    sender_kind: SenderKind
+    vendor: str
+    source_ips: str
+    auth_method: AuthMethod
+    alternatives_reason: AlternativesReason
+    alternatives_detail: str
+    days: int
+    owner: str
+    contact: str
+    ticket: str
+    renews: str
+
+
+def longest_days(auth: AuthMethod, max_days: int, retirement: date | None, now: datetime) -> int:
+    """No Basic exception runs past Microsoft's retirement date, when it is known."""
+    if auth is AuthMethod.BASIC and retirement is not None:
+        end = datetime.combine(retirement, time.min, UTC)
+        return max(0, min(max_days, (end - now).days))
+    return max_days
+
+
+def validate_request(
+    fields: Mapping[str, str], principal: Principal, max_days: int, retirement: date | None, now: datetime
+) -> RequestDraft:
+    """Every field checked; raises HttpError(400) with a message per bad field."""
+    errors: dict[str, str] = {}
+
+    def check(name: str, rule: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return rule(name, *args, **kwargs)
+        except InputError as err:
+            errors[name] = err.problem
+            return None
+
+    unknown = sorted(set(fields) - set(FIELDS) - {"csrf_token"})
+    if unknown:
+        errors[unknown[0]] = "is not a field of this form"
+    auth = check("auth_method", choice, fields.get("auth_method"), AuthMethod)
+    limit = longest_days(auth or AuthMethod.OAUTH, max_days, retirement, now)
+    draft = dict(
+        mailbox=check("mailbox", mailbox_address, fields.get("mailbox") or principal.upn),
+        sender_kind=check("sender_kind", choice, fields.get("sender_kind"), SenderKind),
+        vendor=check("vendor", free_text, fields.get("vendor"), max_length=MAX_VENDOR, required=True),
+        source_ips=check("source_ips", _source_ips, fields.get("source_ips")),
+        auth_method=auth,
+        alternatives_reason=check("alternatives_reason", choice, fields.get("alternatives_reason"), AlternativesReason),
+        alternatives_detail=check(
+            "alternatives_detail", free_text, fields.get("alternatives_detail"), max_length=MAX_DETAIL, required=True
+        ),
+        days=check("days", whole_number, fields.get("days"), 1, max(limit, 1)),
+        owner=check("owner", mailbox_address, fields.get("owner")),
+        contact=check("contact", free_text, fields.get("contact"), max_length=MAX_CONTACT, required=True),
+        ticket=check("ticket", free_text, fields.get("ticket"), max_length=MAX_TICKET, required=False),
+        renews=check("renews", _optional_guid, fields.get("renews")),
+    )
+    if auth is AuthMethod.BASIC and limit < 1:
+        errors["auth_method"] = "Basic authentication is retired for SMTP AUTH: request OAuth"
+    if errors:
+        raise HttpError(400, "some fields need attention", errors)
+    return RequestDraft(**draft)
+
+
+def _source_ips(field: str, value: str | None) -> str:
+    text = free_text(field, value, max_length=MAX_SOURCE_IPS, required=False)
+    items = [item for item in text.replace(",", " ").split() if item]
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise InputError(field, f"{item[:60]!r} is not an IP address or network (CIDR)") from None
+    return ", ".join(items)
+
+
+def _optional_guid(field: str, value: str | None) -> str:
+    text = (value or "").strip()
+    if not text:
+        return ""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise InputError(field, "must be the id of an existing exception") from None
+
+
+# -- submission ----------------------------------------------------------------------------------------
+
+
+def _notification(partition: str, kind: NotificationKind, now: datetime, exception_id: str = "") -> OutboxItem:
+    return OutboxItem(partition, kind, OutboxStatus.PENDING, now, now, exception_id=exception_id)
+
+
+async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
+    settings = c.settings
+    await c.store.require_marker(settings.base.tenant_id)
+    mailbox = await c.exchange.find_mailbox(draft.mailbox)
+    if mailbox is None:
+        raise HttpError(422, "that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
+    if draft.renews:
+        previous = await c.store.get_exception(draft.renews)
+        if previous is None or previous.mailbox_guid != mailbox.guid:
+            raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
+    pending = await c.store.query_requests(
+        "MailboxGuid eq @guid and Status eq @pending",
+        {"guid": mailbox.guid, "pending": RequestStatus.PENDING.value},
+    )
+    if pending:
+        raise HttpError(409, f"a request for {mailbox.address} is already pending", {"request_id": pending[0].id})
+    recent = await c.store.query_requests(
+        "RequesterId eq @who and CreatedAt ge @since",
+        {"who": principal.object_id, "since": now - timedelta(days=1)},
+    )
+    if len(recent) >= settings.request_rate_limit_per_day:
+        raise HttpError(429, f"at most {settings.request_rate_limit_per_day} requests a day: try again tomorrow")
+    request = ExceptionRequest(
+        id=str(uuid.uuid4()),
+        mailbox_guid=mailbox.guid,
+        mailbox_address=mailbox.address.lower(),
+        sender_kind=draft.sender_kind,
+        vendor=draft.vendor,
+        source_ips=draft.source_ips,
+        auth_method=draft.auth_method,
+        alternatives_reason=draft.alternatives_reason,
+        alternatives_detail=draft.alternatives_detail,
+        days=draft.days,
+        owner=draft.owner,
+        contact=draft.contact,
+        ticket=draft.ticket,
+        requester_id=principal.object_id,
+        requester_upn=principal.upn,
+        status=RequestStatus.PENDING,
+        created_at=now,
+        expires_at=now + timedelta(days=settings.request_pending_days),
+        renews_exception_id=draft.renews,
+    )
+    notify = [_notification(request.id, NotificationKind.APPROVAL_REQUEST, now)]
+    if settings.teams_workflow_url:
+        notify.append(_notification(request.id, NotificationKind.TEAMS_CARD, now))
+    await c.store.create_request(request, notify)
+    return request
+
+
+# -- who may do what -----------------------------------------------------------------------------------
+
+
+async def is_approver(c: Clients, principal: Principal) -> bool:
+    if principal.object_id in c.settings.approvers:
+        return True
+    group = c.settings.approver_group_id
+    return bool(group) and await c.graph.is_member(principal.object_id, group)  # type: ignore[arg-type]
+
+
+async def can_view(c: Clients, request: ExceptionRequest, principal: Principal) -> bool:
+    if principal.object_id == request.requester_id or (principal.upn and principal.upn == request.owner):
+        return True
+    return await is_approver(c, principal)
+
+
+def link_token_valid(request: ExceptionRequest, token: str | None, now: datetime) -> bool:
+    if not token or not request.token_hash or now >= request.expires_at:
+        return False
+    return hmac.compare_digest(token_hash(token), request.token_hash)
+
+
+# -- decisions -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    approve: bool
+    days: int
+    comment: str
+
+
+def validate_decision(fields: Mapping[str, str], request: ExceptionRequest) -> Decision:
+    errors: dict[str, str] = {}
+    decision = (fields.get("decision") or "").strip().lower()
+    if decision not in ("approve", "deny"):
+        errors["decision"] = "must be approve or deny"
+    comment = ""
+    try:
+        comment = free_text("comment", fields.get("comment"), max_length=MAX_COMMENT, required=decision == "deny")
+    except InputError as err:
+        errors["comment"] = "is required to deny" if err.problem == "is required" else err.problem
+    days = request.days
+    if decision == "approve" and (fields.get("days") or "").strip():
+        try:
+            days = whole_number("days", fields.get("days"), 1, request.days)
+        except InputError as err:
+            errors["days"] = f"{err.problem} (an approver may shorten, not extend)"
+    if errors:
+        raise HttpError(400, "the decision needs attention", errors)
+    return Decision(approve=decision == "approve", days=days, comment=comment)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionResult:
+    request: ExceptionRequest
+    applied: bool
+    apply_error: str = ""
+
+
+async def decide(
+    c: Clients,
+    request_id: str,
+    principal: Principal,
+    token: str | None,
+    fields: Mapping[str, str],
+    now: datetime,
+) -> DecisionResult:
+    """Approve or deny once. Raises HttpError for every refusal; changes nothing when refused."""
+    loaded = await c.store.get_request(request_id)
+    if loaded is None:
+        raise HttpError(404, "no such request")
+    request, etag = loaded
+    if not await is_approver(c, principal):
+        raise HttpError(403, "only approvers may decide requests")
+    if principal.object_id == request.requester_id:
+        raise HttpError(403, "you cannot approve your own request")
+    if request.status is not RequestStatus.PENDING:
+        raise HttpError(409, f"this request was already {request.status.value}", {"status": request.status.value})
+    if not link_token_valid(request, token, now):
+        raise HttpError(403, "this approval link is invalid, used or expired")
+    decision = validate_decision(fields, request)
+    decided = replace(
+        request,
+        status=RequestStatus.APPROVED if decision.approve else RequestStatus.DENIED,
+        token_hash="",  # single use
+        decided_by=principal.object_id,
+        decided_by_upn=principal.upn,
+        decided_at=now,
+        decision_comment=decision.comment,
+        approved_days=decision.days if decision.approve else 0,
+        exception_expires_at=now + timedelta(days=decision.days) if decision.approve else None,
+    )
+    try:
+        await c.store.update_request(decided, etag, [_notification(request.id, NotificationKind.DECISION, now)])
+    except RefusedError:
+        current = await c.store.get_request(request_id)
+        status = current[0].status.value if current else "changed"
+        raise HttpError(409, f"another approver decided first: the request is {status}", {"status": status}) from None
+    if not decision.approve:
+        return DecisionResult(decided, applied=False)
+    return await _grant(c, decided, principal, now)
+
+
+def exception_from_request(request: ExceptionRequest, device: str | None = None) -> ExceptionRecord:
+    """The exception an approved request grants; its id is the request's, so writing it is idempotent."""
+    assert request.exception_expires_at is not None and request.decided_at is not None
+    return ExceptionRecord(
+        id=request.id,
+        mailbox_guid=request.mailbox_guid,
+        mailbox_address=request.mailbox_address,
+        status=ExceptionStatus.APPROVED,
+        expires_at=request.exception_expires_at,
+        reason=f"{request.alternatives_reason.value}: {request.alternatives_detail}",
+        owner=request.owner,
+        device=device or request.vendor,
+        auth_method=request.auth_method,
+        approved_by=request.decided_by,
+        approved_at=request.decided_at,
+    )
+
+
+async def _grant(c: Clients, request: ExceptionRequest, principal: Principal, now: datetime) -> DecisionResult:
+    device = request.vendor
+    if request.renews_exception_id:  # adding a device to an existing exception keeps the old ones
+        previous = await c.store.get_exception(request.renews_exception_id)
+        if previous is not None and previous.device and request.vendor not in previous.device:
+            device = f"{previous.device}; {request.vendor}"
+    record = exception_from_request(request, device)
+    await write_exception(c, record, principal.object_id)
+    return await _apply_now(c, request, record, principal, now)
+
+
+async def write_exception(c: Clients, record: ExceptionRecord, created_by: str) -> None:
+    """Write (or re-write) an approved exception, superseding the mailbox's other approved ones."""
+    others = [
+        r
+        for r in await c.store.list_exceptions()
+        if r.mailbox_guid == record.mailbox_guid and r.id != record.id and r.status is ExceptionStatus.APPROVED
+    ]
+    await c.store.put_exception(record, created_by)
+    for other in others:
+        await c.store.put_exception(replace(other, status=ExceptionStatus.SUPERSEDED), created_by)
+
+
+async def _apply_now(
+    c: Clients, request: ExceptionRequest, record: ExceptionRecord, principal: Principal, now: datetime
+) -> DecisionResult:
+    try:
+        current = await c.exchange.find_mailbox(record.mailbox_guid)
+        before = current.smtp_auth_disabled if current else None
+        if before is not False:
+            await c.exchange.set_smtp_auth_disabled(record.mailbox_guid, False)
+            change = Change(record.mailbox_guid, record.mailbox_address, before, False, ChangeReason.EXCEPTION)
+            await c.store.append_audit(
+                [AuditEntry(f"approval-{request.id}", change, Actor(principal.object_id, ""), now)]
+            )
+    except (ExchangeError, GuardError) as err:
+        logger.error("approved request %s but SMTP AUTH could not be switched on now: %s", request.id, err)
+        return DecisionResult(request, applied=False, apply_error=str(err))
+    return DecisionResult(request, applied=True)
+
+
+async def revoke(c: Clients, exception_id: str, principal: Principal, now: datetime) -> ExceptionRecord:
+    if not await is_approver(c, principal):
+        raise HttpError(403, "only approvers may revoke exceptions")
+    record = await c.store.get_exception(exception_id)
+    if record is None:
+        raise HttpError(404, "no such exception")
+    if not record.is_active(now):
+        raise HttpError(409, f"this exception is not active (it is {record.status.value})")
+    await c.store.revoke_exception_by_id(record, principal.object_id, now)
+    partition = record.id if await c.store.get_request(record.id) else f"exception-{record.id}"
+    await c.store.enqueue(_notification(partition, NotificationKind.REVOKED, now, exception_id=record.id))
+    try:
+        current = await c.exchange.find_mailbox(record.mailbox_guid)
+        before = current.smtp_auth_disabled if current else None
+        if before is not True:
+            await c.exchange.set_smtp_auth_disabled(record.mailbox_guid, True)
+            change = Change(record.mailbox_guid, record.mailbox_address, before, True, ChangeReason.EXPIRED)
+            await c.store.append_audit([AuditEntry(f"revoke-{record.id}", change, Actor(principal.object_id, ""), now)])
+    except GuardError as err:
+        raise HttpError(
+            502, f"revoked, but SMTP AUTH could not be switched off now ({err}); the next sweep will"
+        ) from None
+    return record
+
+
+# -- what an approver sees -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalEvidence:
+    mailbox: MailboxState | None
+    owner_name: str
+    org_smtp_auth_disabled: Evidence
+    basic_blocking_policies: Evidence
+    security_defaults: Evidence
+    legacy_auth_blocks: Evidence
+    sign_ins: Evidence
+
+
+async def gather_evidence(c: Clients, request: ExceptionRequest, now: datetime) -> ApprovalEvidence:
+    """Everything the approval page shows; each read fails on its own into "not available"."""
+
+    async def guarded(coro: Any, what: str) -> Evidence:
+        try:
+            result = await coro
+        except GuardError as err:
+            return Evidence(unavailable=f"not available: {what} could not be read ({err})")
+        return result if isinstance(result, Evidence) else Evidence(value=result)
+
+    async def org_flag() -> Any:
+        return (await c.exchange.get_transport_config()).get("SmtpClientAuthenticationDisabled")
+
+    async def basic_blockers() -> Any:
+        policies = await c.exchange.invoke("Get-AuthenticationPolicy", {})
+        return [p.get("Name", "") for p in policies if p.get("AllowBasicAuthSmtp") is False]
+
+    mailbox_ev, owner_ev, org, blockers, defaults, ca, sign_ins = await asyncio.gather(
+        guarded(c.exchange.find_mailbox(request.mailbox_guid), "the mailbox"),
+        guarded(c.graph.get_user(request.mailbox_address), "the mailbox owner"),
+        guarded(org_flag(), "the organisation flag"),
+        guarded(basic_blockers(), "authentication policies"),
+        guarded(c.graph.security_defaults(), "security defaults"),
+        guarded(c.graph.legacy_auth_blocks(), "Conditional Access"),
+        guarded(c.graph.smtp_sign_ins(request.mailbox_address, sign_in_window(now)), "sign-in logs"),
+    )
+    owner = owner_ev.value
+    return ApprovalEvidence(
+        mailbox=mailbox_ev.value,
+        owner_name=owner.display_name if owner else "",
+        org_smtp_auth_disabled=org,
+        basic_blocking_policies=blockers,
+        security_defaults=defaults,
+        legacy_auth_blocks=ca,
+        sign_ins=sign_ins,
+    )
+
+
+def public_request(request: ExceptionRequest) -> dict[str, Any]:
+    """The request as the JSON API shows it: never the link token's hash."""
+    data = {name: getattr(request, name) for name in request.__dataclass_fields__ if name != "token_hash"}
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in data.items()}
