@@ -32,7 +32,13 @@ def test_init_is_idempotent(cli, storage: str, emulator: EmulatorServer) -> None
     second = cli("init")
     assert second.code == 0
     assert second.out.startswith("already initialised:")
-    assert tables(storage) == {"SmtpGuardState": 1, "SmtpGuardExceptions": 0, "SmtpGuardPlans": 0, "SmtpGuardAudit": 0}
+    assert tables(storage) == {
+        "SmtpGuardState": 1,
+        "SmtpGuardExceptions": 0,
+        "SmtpGuardPlans": 0,
+        "SmtpGuardAudit": 0,
+        "SmtpGuardRequests": 0,
+    }
 
 
 def test_sweep_before_init_is_refused(cli, storage: str, emulator: EmulatorServer) -> None:
