@@ -1,4 +1,4 @@
-"""Local Microsoft 365 tenant emulator (Entra token endpoint, Exchange admin REST, a little Graph).
+"""Local Microsoft 365 tenant emulator (Entra token endpoint, Exchange admin REST, Graph, Teams webhook).
 
 Test and benchmark tooling only: it is not deployed. The app reaches it only through settings.
 Names are loaded lazily so that `emulator.certs` can be used before aiohttp is imported.
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from .calllog import CallLog
     from .faults import Faults
     from .server import EmulatorServer, build_app
-    from .tenant import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT_ID, Mailbox, Tenant
+    from .tenant import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT_ID, Mailbox, Tenant, User
 
 _EXPORTS = {
     "CallLog": "calllog",
@@ -25,6 +25,7 @@ _EXPORTS = {
     "DEFAULT_TENANT_ID": "tenant",
     "Mailbox": "tenant",
     "Tenant": "tenant",
+    "User": "tenant",
 }
 __all__ = [
     "DEFAULT_CLIENT_ID",
@@ -35,6 +36,7 @@ __all__ = [
     "Faults",
     "Mailbox",
     "Tenant",
+    "User",
     "build_app",
 ]
 

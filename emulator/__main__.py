@@ -39,11 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--error-503-rate", type=float, default=0.0)
     p.add_argument("--fail-cmdlet", type=_fail_cmdlet, action="append", default=[], metavar="CMDLET=STATUS")
     p.add_argument("--fault-seed", type=int, default=42)
+    p.add_argument("--no-premium", action="store_true", help="no Entra ID P1: sign-in logs answer 403")
+    p.add_argument("--security-defaults", action="store_true", help="security defaults on")
+    p.add_argument(
+        "--block-legacy-auth",
+        choices=("enabled", "disabled", "enabledForReportingButNotEnforced"),
+        default=None,
+        help='add a "Block legacy authentication" Conditional Access policy in this state',
+    )
     args = p.parse_args(argv)
 
     tenant = Tenant(args.tenant_id)
     tenant.org_smtp_client_authentication_disabled = args.org_smtp_disabled == "true"
     tenant.seed(args.mailboxes, rng_seed=args.seed, disabled_true=args.disabled_true, disabled_none=args.disabled_none)
+    tenant.premium = not args.no_premium
+    tenant.security_defaults = args.security_defaults
+    if args.block_legacy_auth:
+        tenant.block_legacy_auth_policy(args.block_legacy_auth)
     faults = Faults(
         latency_ms=args.latency_ms,
         concurrency_limit=args.concurrency_limit,

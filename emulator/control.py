@@ -11,7 +11,7 @@ from aiohttp import web
 from .calllog import CallLog
 from .faults import Faults
 from .opath import FilterError, parse_date
-from .tenant import Mailbox, Tenant
+from .tenant import BLOCK_LEGACY_AUTH_NAME, Mailbox, Tenant, User
 
 
 def mailbox_json(mb: Mailbox) -> dict[str, Any]:
@@ -26,6 +26,15 @@ def mailbox_json(mb: Mailbox) -> dict[str, Any]:
         "when_created": mb.when_created.isoformat(),
         "when_mailbox_created": mb.when_mailbox_created.isoformat(),
         "when_changed": mb.when_changed.isoformat(),
+    }
+
+
+def user_json_compact(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "userPrincipalName": user.user_principal_name,
+        "displayName": user.display_name,
+        "mail": user.mail,
     }
 
 
@@ -68,6 +77,19 @@ class ControlRoutes:
             web.delete("/_emulator/calls", self.delete_calls),
             web.get("/_emulator/org", self.get_org),
             web.put("/_emulator/org", self.put_org),
+            web.get("/_emulator/users", self.list_users),
+            web.post("/_emulator/users", self.add_user),
+            web.get("/_emulator/groups", self.list_groups),
+            web.post("/_emulator/groups", self.add_group),
+            web.post("/_emulator/groups/{id}/members", self.add_group_member),
+            web.get("/_emulator/signins", self.list_signins),
+            web.post("/_emulator/signins", self.add_signin),
+            web.get("/_emulator/mail", self.list_mail),
+            web.delete("/_emulator/mail", self.delete_mail),
+            web.get("/_emulator/teams", self.list_teams),
+            web.delete("/_emulator/teams", self.delete_teams),
+            web.get("/_emulator/graph", self.get_graph),
+            web.put("/_emulator/graph", self.put_graph),
         ]
 
     async def list_mailboxes(self, request: web.Request) -> web.Response:
@@ -170,3 +192,153 @@ class ControlRoutes:
             if policies is not None:
                 self.tenant.authentication_policies = policies
         return web.json_response(self._org())
+
+    # -- Graph side ---------------------------------------------------------------------------------
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise web.HTTPBadRequest(text='{"error": "body must be JSON"}', content_type="application/json") from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text='{"error": "body must be an object"}', content_type="application/json")
+        return body
+
+    async def list_users(self, request: web.Request) -> web.Response:
+        """Every Graph user (a local sign-in page lists these)."""
+        return web.json_response([user_json_compact(u) for u in self.tenant.users()])
+
+    async def add_user(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        upn = body.get("upn") or body.get("userPrincipalName")
+        if not isinstance(upn, str) or not upn:
+            return _bad('body must be {"upn", "display_name"?, "with_mailbox"?, "smtp"?}')
+        try:
+            made = self.tenant.add_user(
+                upn,
+                body.get("display_name"),
+                with_mailbox=body.get("with_mailbox", True) is not False,
+                smtp=body.get("smtp"),
+            )
+        except ValueError as err:
+            return _bad(str(err))
+        user = self.tenant.find_user(made.user_principal_name)
+        assert user is not None
+        return web.json_response(user_json_compact(user), status=201)
+
+    async def list_groups(self, request: web.Request) -> web.Response:
+        with self.tenant.lock:
+            groups = [
+                {"id": g.id, "display_name": g.display_name, "members": list(g.members)}
+                for g in self.tenant.groups.values()
+            ]
+        return web.json_response(groups)
+
+    async def add_group(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        name = body.get("display_name")
+        members = body.get("members") or []
+        if not isinstance(name, str) or not isinstance(members, list):
+            return _bad('body must be {"display_name", "members": [user ids or UPNs]}')
+        try:
+            gid = self.tenant.add_group(name, [str(m) for m in members])
+        except KeyError as err:
+            return _bad(str(err.args[0]), 404)
+        return web.json_response({"id": gid}, status=201)
+
+    async def add_group_member(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        member = body.get("id") or body.get("user")
+        if not isinstance(member, str):
+            return _bad('body must be {"id": user id or UPN}')
+        try:
+            self.tenant.add_group_member(request.match_info["id"], member)
+        except KeyError as err:
+            return _bad(f"not found: {err.args[0]}", 404)
+        return web.json_response({"id": request.match_info["id"], "member": member})
+
+    async def list_signins(self, request: web.Request) -> web.Response:
+        with self.tenant.lock:
+            return web.json_response(list(self.tenant.signins))
+
+    async def add_signin(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        user = body.get("user")
+        if not isinstance(user, str):
+            return _bad('body must be {"user", "client_app_used"?, "when"?, "status_error_code"?, "ip"?}')
+        kwargs: dict[str, Any] = {}
+        if "client_app_used" in body:
+            kwargs["client_app_used"] = str(body["client_app_used"])
+        if "status_error_code" in body:
+            kwargs["status_error_code"] = int(body["status_error_code"])
+        if "ip" in body:
+            kwargs["ip"] = str(body["ip"])
+        try:
+            kwargs["when"] = _date(body.get("when"))
+            entry = self.tenant.add_signin(user, **kwargs)
+        except FilterError as err:
+            return _bad(str(err))
+        except KeyError as err:
+            return _bad(str(err.args[0]), 404)
+        return web.json_response(entry, status=201)
+
+    async def list_mail(self, request: web.Request) -> web.Response:
+        with self.tenant.lock:
+            return web.json_response(list(self.tenant.sent_mail))
+
+    async def delete_mail(self, request: web.Request) -> web.Response:
+        with self.tenant.lock:
+            self.tenant.sent_mail.clear()
+        return web.json_response({"count": 0})
+
+    async def list_teams(self, request: web.Request) -> web.Response:
+        with self.tenant.lock:
+            return web.json_response(list(self.tenant.teams_posts))
+
+    async def delete_teams(self, request: web.Request) -> web.Response:
+        with self.tenant.lock:
+            self.tenant.teams_posts.clear()
+        return web.json_response({"count": 0})
+
+    def _graph_state(self) -> dict[str, Any]:
+        t = self.tenant
+        with t.lock:
+            return {
+                "premium": t.premium,
+                "security_defaults": t.security_defaults,
+                "conditional_access_policies": list(t.conditional_access_policies),
+                "group_count": len(t.groups),
+                "signin_count": len(t.signins),
+                "sent_mail_count": len(t.sent_mail),
+                "teams_post_count": len(t.teams_posts),
+            }
+
+    async def get_graph(self, request: web.Request) -> web.Response:
+        return web.json_response(self._graph_state())
+
+    async def put_graph(self, request: web.Request) -> web.Response:
+        """{"premium"?, "security_defaults"?, "block_legacy_auth"?: STATE | null}.
+
+        STATE is "enabled", "disabled" or "enabledForReportingButNotEnforced". block_legacy_auth replaces
+        the "Block legacy authentication" policy; null removes it.
+        """
+        body = await self._body(request)
+        for flag in ("premium", "security_defaults"):
+            if flag in body and not isinstance(body[flag], bool):
+                return _bad(f"{flag} must be true or false")
+        state = body.get("block_legacy_auth")
+        if state not in (None, "enabled", "disabled", "enabledForReportingButNotEnforced"):
+            return _bad('block_legacy_auth must be "enabled", "disabled", "enabledForReportingButNotEnforced" or null')
+        t = self.tenant
+        with t.lock:
+            if "premium" in body:
+                t.premium = body["premium"]
+            if "security_defaults" in body:
+                t.security_defaults = body["security_defaults"]
+            if "block_legacy_auth" in body:
+                t.conditional_access_policies = [
+                    p for p in t.conditional_access_policies if p.get("displayName") != BLOCK_LEGACY_AUTH_NAME
+                ]
+        if state is not None:
+            t.block_legacy_auth_policy(state)
+        return web.json_response(self._graph_state())

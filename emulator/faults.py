@@ -1,4 +1,4 @@
-"""Fault knobs for the Exchange routes: latency, per-tenant concurrency cap, random 429/503, broken cmdlets."""
+"""Fault knobs: Exchange (latency, concurrency cap, random 429/503, broken cmdlets) and Graph (down, sendMail)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class Faults:
     batch_item_throttle_rate: float = 0.0
     error_503_rate: float = 0.0
     failing_cmdlets: dict[str, int] = field(default_factory=dict)
+    graph_down: bool = False  # every /graph route answers 503 + Retry-After: 1
+    send_mail_failures: int = 0  # the next N sendMail calls answer 503 (counts down)
     rng_seed: int = 42
     _rng: random.Random = field(init=False, repr=False, compare=False)
     _rng_lock: threading.Lock = field(init=False, repr=False, compare=False)
@@ -53,6 +55,14 @@ class Faults:
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.knobs()}
 
+    def take_send_mail_failure(self) -> bool:
+        """True (and one fewer left) if this sendMail call should fail."""
+        with self._rng_lock:
+            if self.send_mail_failures > 0:
+                self.send_mail_failures -= 1
+                return True
+            return False
+
     def roll(self, rate: float) -> bool:
         """One seeded draw; deterministic for a given order of requests."""
         if rate <= 0:
@@ -61,7 +71,7 @@ class Faults:
             return self._rng.random() < rate
 
 
-_INTS = {"concurrency_limit", "rng_seed"}
+_INTS = {"concurrency_limit", "rng_seed", "send_mail_failures"}
 _FLOATS = {"latency_ms", "throttle_rate", "retry_after_seconds", "batch_item_throttle_rate", "error_503_rate"}
 
 
@@ -74,6 +84,10 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
         if name == "concurrency_retry_after":
             return None if value is None else float(value)
+        if name == "graph_down":
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
         if name == "failing_cmdlets":
             return {str(k): int(v) for k, v in dict(value or {}).items()}
     except (TypeError, ValueError):

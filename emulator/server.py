@@ -26,7 +26,7 @@ def build_app(tenant: Tenant, faults: Faults, calllog: CallLog) -> web.Applicati
     app = web.Application(middlewares=[loopback_only], client_max_size=16 * 1024 * 1024)
     app.add_routes(identity_routes(tenant))
     app.add_routes(ExchangeRoutes(tenant, faults, calllog).routes())
-    app.add_routes(GraphRoutes(tenant).routes())
+    app.add_routes(GraphRoutes(tenant, faults, calllog).routes())
     app.add_routes(ControlRoutes(tenant, faults, calllog).routes())
     return app
 

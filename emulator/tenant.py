@@ -1,4 +1,4 @@
-"""In-memory model of one Microsoft 365 tenant: mailboxes, org flag, policies, app registrations."""
+"""In-memory model of one Microsoft 365 tenant: mailboxes, users, groups, sign-ins, policies, outbox."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 DEFAULT_TENANT_ID = "00000000-0000-0000-0000-0000000000aa"
 DEFAULT_CLIENT_ID = "11111111-1111-1111-1111-111111111111"
@@ -85,6 +85,53 @@ class Mailbox:
 
 
 @dataclass(slots=True)
+class User:
+    """A Graph user. Users with a UserMailbox are views of it; `add_user(with_mailbox=False)` makes bare ones."""
+
+    id: str
+    user_principal_name: str
+    display_name: str
+    mail: str | None
+    account_enabled: bool = True
+    mailbox: Mailbox | None = None
+
+    @property
+    def given_name(self) -> str | None:
+        first, sep, _ = self.display_name.partition(" ")
+        return first if sep else None
+
+    @property
+    def surname(self) -> str | None:
+        _, sep, last = self.display_name.partition(" ")
+        return last if sep else None
+
+
+def user_of(mb: Mailbox) -> User:
+    return User(
+        mb.external_directory_object_id, mb.user_principal_name, mb.display_name, mb.primary_smtp_address, True, mb
+    )
+
+
+@dataclass(slots=True)
+class Group:
+    id: str
+    display_name: str
+    members: list[str]  # user ids, in the order they were added
+
+
+# Exchange Online's first-party app: what SMTP AUTH sign-ins show as the application.
+EXO_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
+_SIGNIN_FAILURES = {
+    0: None,
+    50053: "Account is locked because user tried to sign in too many times with an incorrect user ID or password.",
+    50126: "Error validating credentials due to invalid username or password.",
+    53003: "Access has been blocked by Conditional Access policies. The access policy does not allow token issuance.",
+}
+BLOCK_LEGACY_AUTH_NAME = "Block legacy authentication"
+SECURITY_DEFAULTS_ID = "00000000-0000-0000-0000-000000000005"
+
+
+@dataclass(slots=True)
 class Client:
     """An app registration allowed to get tokens; object_id is its service principal's id."""
 
@@ -131,6 +178,16 @@ class Tenant:
         self.org_smtp_client_authentication_disabled: bool = True
         self.authentication_policies: list[dict[str, object]] = []
         self.clients: dict[str, Client] = {}
+        # Graph side. Users with a UserMailbox live in `mailboxes`; only mailbox-less users are here.
+        self.bare_users: dict[str, User] = {}
+        self._bare_index: dict[str, User] = {}  # lower-cased id, UPN, mail -> user
+        self.groups: dict[str, Group] = {}
+        self.signins: list[dict[str, Any]] = []  # Graph signIn resources, as JSON
+        self.sent_mail: list[dict[str, Any]] = []  # every message sendMail accepted
+        self.teams_posts: list[dict[str, Any]] = []  # every Teams Workflows webhook post
+        self.premium = True  # Entra ID P1: sign-in logs need it
+        self.security_defaults = False
+        self.conditional_access_policies: list[dict[str, Any]] = []
         self._serial = 0
         self.add_client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)
 
@@ -231,6 +288,37 @@ class Tenant:
                 for key in (mb.guid, mb.external_directory_object_id, mb.primary_smtp_address):
                     self.index[key] = mb  # generated keys are already lower case
             self.sorted_guids = sorted(self.mailboxes)
+        self._seed_signins(built, rng_seed, now)
+
+    def _seed_signins(self, built: list[Mailbox], rng_seed: int, now: datetime, limit: int = 40) -> None:
+        """SMTP AUTH sign-ins for some mailboxes whose SMTP AUTH is on (False): the evidence an approver sees.
+
+        A separate generator, so mailboxes are the same as before sign-ins existed. Capped at `limit`
+        mailboxes so a 1M seed stays small.
+        """
+        rng = random.Random(rng_seed * 7_919 + len(self.signins))
+        picked = 0
+        for mb in built:
+            if picked >= limit:
+                break
+            if mb.smtp_client_authentication_disabled is not False or mb.recipient_type_details not in (
+                "UserMailbox",
+                "SharedMailbox",
+            ):
+                continue
+            if rng.random() >= 0.4:
+                continue
+            picked += 1
+            for _ in range(1 + rng.randrange(3)):
+                when = now - timedelta(seconds=rng.random() * 30 * 86400)
+                error = 0 if rng.random() < 0.8 else 50126
+                self.add_signin(
+                    mb.external_directory_object_id,
+                    when=when,
+                    status_error_code=error,
+                    ip=f"203.0.113.{1 + rng.randrange(250)}",
+                    signin_id=_uuid(rng),
+                )
 
     def add_mailbox(
         self,
@@ -263,7 +351,7 @@ class Tenant:
             when_changed=now,
         )
         with self.lock:
-            if address.lower() in self.index:
+            if address.lower() in self.index or address.lower() in self._bare_index:
                 raise ValueError(f"address {address!r} already exists")
             self._serial += 1
             self._insert(mb)
@@ -271,6 +359,198 @@ class Tenant:
 
     def find(self, identity: str) -> Mailbox | None:
         return self.index.get(identity.strip().lower())
+
+    # -- Graph users ----------------------------------------------------------------------------
+
+    def add_user(
+        self,
+        upn: str,
+        display_name: str | None = None,
+        *,
+        with_mailbox: bool = True,
+        smtp: bool | None = None,
+    ) -> Mailbox | User:
+        """A user: with a UserMailbox (returns the Mailbox) or a bare Entra account (returns the User, mail None)."""
+        if "@" not in upn:
+            upn = f"{upn}@{self.domain}"
+        if with_mailbox:
+            return self.add_mailbox(upn, type="UserMailbox", smtp=smtp, display_name=display_name)
+        user = User(str(uuid.uuid4()), upn, display_name or upn.split("@", 1)[0], None)
+        with self.lock:
+            if upn.lower() in self.index or upn.lower() in self._bare_index:
+                raise ValueError(f"user {upn!r} already exists")
+            self.bare_users[user.id] = user
+            self._bare_index[user.id] = user
+            self._bare_index[upn.lower()] = user
+        return user
+
+    def find_user(self, identity: str) -> User | None:
+        """Graph lookup by object id, UPN or mail (case-insensitive). Only UserMailbox owners are users."""
+        key = identity.strip().lower()
+        mb = self.index.get(key)
+        if mb is not None:
+            # A Graph user's id is the EDOID; the Exchange guid names nothing in Graph.
+            if mb.recipient_type_details != "UserMailbox" or (
+                key == mb.guid.lower() and key != mb.external_directory_object_id.lower()
+            ):
+                return None
+            return user_of(mb)
+        return self._bare_index.get(key)
+
+    def users(self) -> list[User]:
+        """Every Graph user: UserMailbox owners in mailbox guid order, then mailbox-less users."""
+        with self.lock:
+            mbs = self.mailboxes
+            out = [
+                user_of(mb) for mb in (mbs[g] for g in self.sorted_guids) if mb.recipient_type_details == "UserMailbox"
+            ]
+            out.extend(self.bare_users.values())
+        return out
+
+    # -- groups ---------------------------------------------------------------------------------
+
+    def add_group(self, display_name: str, member_ids: list[str] | None = None) -> str:
+        """A security group; members are user ids (UPNs are resolved). Returns the group id."""
+        ids = [self._user_id(m) for m in member_ids or []]
+        group = Group(str(uuid.uuid4()), display_name, list(dict.fromkeys(ids)))
+        with self.lock:
+            self.groups[group.id] = group
+        return group.id
+
+    def add_group_member(self, group_id: str, user_id: str) -> None:
+        uid = self._user_id(user_id)
+        with self.lock:
+            group = self.groups.get(group_id)
+            if group is None:
+                raise KeyError(group_id)
+            if uid not in group.members:
+                group.members.append(uid)
+
+    def member_groups(self, user_id: str, group_ids: list[str]) -> list[str]:
+        """The ids in `group_ids` that `user_id` is a direct member of (no nesting), in request order."""
+        with self.lock:
+            return [g for g in group_ids if g in self.groups and user_id in self.groups[g].members]
+
+    def _user_id(self, identity: str) -> str:
+        user = self.find_user(identity)
+        if user is None:
+            raise KeyError(f"no user {identity!r}")
+        return user.id
+
+    # -- sign-in logs ---------------------------------------------------------------------------
+
+    def add_signin(
+        self,
+        user_id_or_upn: str,
+        *,
+        client_app_used: str = "Authenticated SMTP",
+        when: datetime | None = None,
+        status_error_code: int = 0,
+        ip: str = "203.0.113.10",
+        signin_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Record a sign-in (Graph signIn shape). Any mailbox's account can sign in, not only UserMailbox."""
+        user = self.find_user(user_id_or_upn)
+        if user is None:
+            mb = self.find(user_id_or_upn)
+            if mb is None:
+                raise KeyError(f"no user {user_id_or_upn!r}")
+            user = user_of(mb)
+        when = when or _utcnow()
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        failure = _SIGNIN_FAILURES.get(status_error_code, "Other.") if status_error_code else "Other."
+        entry: dict[str, Any] = {
+            "id": signin_id or str(uuid.uuid4()),
+            "createdDateTime": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "userDisplayName": user.display_name,
+            "userPrincipalName": user.user_principal_name,
+            "userId": user.id,
+            "appId": EXO_APP_ID,
+            "appDisplayName": "Office 365 Exchange Online",
+            "ipAddress": ip,
+            "clientAppUsed": client_app_used,
+            "correlationId": str(uuid.uuid5(uuid.NAMESPACE_OID, signin_id)) if signin_id else str(uuid.uuid4()),
+            "conditionalAccessStatus": "notApplied",
+            "isInteractive": False,
+            "riskDetail": "none",
+            "riskLevelAggregated": "none",
+            "riskLevelDuringSignIn": "none",
+            "riskState": "none",
+            "riskEventTypes": [],
+            "riskEventTypes_v2": [],
+            "resourceDisplayName": "Office 365 Exchange Online",
+            "resourceId": EXO_APP_ID,
+            "status": {"errorCode": status_error_code, "failureReason": failure, "additionalDetails": None},
+            "deviceDetail": {
+                "deviceId": "",
+                "displayName": "",
+                "operatingSystem": "",
+                "browser": "",
+                "isCompliant": False,
+                "isManaged": False,
+                "trustType": "",
+            },
+            "location": {"city": "", "state": "", "countryOrRegion": "", "geoCoordinates": {}},
+            "appliedConditionalAccessPolicies": [],
+        }
+        with self.lock:
+            self.signins.append(entry)
+        return entry
+
+    # -- blockers -------------------------------------------------------------------------------
+
+    def block_legacy_auth_policy(self, state: str = "enabled") -> dict[str, Any]:
+        """Append the usual "Block legacy authentication" Conditional Access policy; returns it."""
+        if state not in ("enabled", "disabled", "enabledForReportingButNotEnforced"):
+            raise ValueError(f"bad conditional access state {state!r}")
+        stamp = _utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        policy: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "templateId": None,
+            "displayName": BLOCK_LEGACY_AUTH_NAME,
+            "createdDateTime": stamp,
+            "modifiedDateTime": None,
+            "state": state,
+            "sessionControls": None,
+            "conditions": {
+                "userRiskLevels": [],
+                "signInRiskLevels": [],
+                "clientAppTypes": ["exchangeActiveSync", "other"],
+                "servicePrincipalRiskLevels": [],
+                "platforms": None,
+                "locations": None,
+                "devices": None,
+                "clientApplications": None,
+                "applications": {
+                    "includeApplications": ["All"],
+                    "excludeApplications": [],
+                    "includeUserActions": [],
+                    "includeAuthenticationContextClassReferences": [],
+                    "applicationFilter": None,
+                },
+                "users": {
+                    "includeUsers": ["All"],
+                    "excludeUsers": [],
+                    "includeGroups": [],
+                    "excludeGroups": [],
+                    "includeRoles": [],
+                    "excludeRoles": [],
+                    "includeGuestsOrExternalUsers": None,
+                    "excludeGuestsOrExternalUsers": None,
+                },
+            },
+            "grantControls": {
+                "operator": "OR",
+                "builtInControls": ["block"],
+                "customAuthenticationFactors": [],
+                "termsOfUse": [],
+                "authenticationStrength": None,
+            },
+        }
+        with self.lock:
+            self.conditional_access_policies.append(policy)
+        return policy
 
     def set_smtp(self, identity: str, value: bool | None) -> Mailbox:
         """Set SmtpClientAuthenticationDisabled; WhenChanged moves on every change, as in EXO."""
@@ -312,6 +592,8 @@ __all__ = [
     "DEFAULT_TENANT_ID",
     "MAILBOX_TYPES",
     "Client",
+    "Group",
     "Mailbox",
     "Tenant",
+    "User",
 ]

@@ -344,7 +344,7 @@ class Store:
             return [
                 from_entity(ExceptionRequest, e)
                 async for e in self._table(WORKFLOW_TABLE).query_entities(
-                    f"RowKey eq 'request' and ({odata_filter})", parameters=parameters
+                    f"RowKey eq 'request' and ( {odata_filter} )", parameters=parameters
                 )
             ]
 

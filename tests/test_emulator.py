@@ -22,6 +22,11 @@ from emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, EmulatorServer, T
 from emulator.exchange import CONCURRENCY_MESSAGE
 
 REPO = Path(__file__).resolve().parents[1]
+# msgraph-sdk's generated request builders warn about their own deprecated configuration classes.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:This class is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:GetQueryParameters is deprecated:DeprecationWarning"),
+]
 SEED_COUNT = 2345
 SEED_NOW = datetime.now(UTC) - timedelta(hours=2)  # every seeded mailbox is older than this
 
@@ -635,3 +640,467 @@ def test_seed_is_deterministic_and_mixed() -> None:
     assert min(m.when_created for m in mbs) < now - timedelta(days=4 * 365)
     a.seed(10, now=now)  # a second call adds, with fresh guids
     assert len(a) == 5010 == len(a.sorted_guids)
+
+
+# -- Graph through the real msgraph-sdk ----------------------------------------------------------
+#
+# This server uses the session CA that conftest put in SSL_CERT_FILE before aiohttp was imported, so
+# azure-identity (aiohttp) and msgraph-sdk (httpx, which reads SSL_CERT_FILE per client) both trust it
+# with no extra settings, exactly as the app will in its own process.
+
+
+@pytest.fixture(scope="module")
+def graph_server() -> Iterator[EmulatorServer]:
+    tenant = Tenant()
+    tenant.seed(150, rng_seed=11, now=SEED_NOW)
+    with EmulatorServer(tenant, ca_path=os.environ["SSL_CERT_FILE"], reuse_ca=True) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def graph(graph_server: EmulatorServer) -> AsyncIterator[Any]:
+    """A GraphServiceClient configured the way emulator/README.md tells the app to."""
+    from azure.identity.aio import ClientSecretCredential
+    from kiota_authentication_azure.azure_identity_authentication_provider import (
+        AzureIdentityAuthenticationProvider,
+    )
+    from msgraph import GraphRequestAdapter, GraphServiceClient
+
+    graph_server.faults.reset()
+    graph_server.calllog.clear()
+    t = graph_server.tenant
+    with t.lock:
+        t.premium, t.security_defaults = True, False
+        t.conditional_access_policies.clear()
+        t.sent_mail.clear()
+        t.teams_posts.clear()
+    env = graph_server.env()
+    credential = ClientSecretCredential(
+        env["AZURE_TENANT_ID"],
+        env["AZURE_CLIENT_ID"],
+        env["AZURE_CLIENT_SECRET"],
+        authority=env["AZURE_AUTHORITY_HOST"],
+    )
+    endpoint = env["GRAPH_ENDPOINT"]
+    auth = AzureIdentityAuthenticationProvider(credential, scopes=[f"{endpoint}/.default"], allowed_hosts=["127.0.0.1"])
+    adapter = GraphRequestAdapter(auth)
+    adapter.base_url = f"{endpoint}/v1.0"
+    client = GraphServiceClient(request_adapter=adapter)
+    yield client
+    await credential.close()
+
+
+@pytest.fixture
+async def gsession(graph_server: EmulatorServer) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(ssl=graph_server.client_ssl_context())
+    async with aiohttp.ClientSession(connector=connector) as s:
+        yield s
+
+
+async def test_graph_sdk_plain_client_as_in_readme(graph_server: EmulatorServer) -> None:
+    """The shortest setup (README): GraphServiceClient(credentials, scopes) and a new base_url."""
+    from azure.identity.aio import ClientSecretCredential
+    from msgraph import GraphServiceClient
+
+    env = graph_server.env()
+    graph_endpoint = env["GRAPH_ENDPOINT"]
+    tenant_id, client_id, secret = env["AZURE_TENANT_ID"], env["AZURE_CLIENT_ID"], env["AZURE_CLIENT_SECRET"]
+    credential = ClientSecretCredential(tenant_id, client_id, secret, authority=env["AZURE_AUTHORITY_HOST"])
+    async with credential:
+        client = GraphServiceClient(credentials=credential, scopes=[f"{graph_endpoint}/.default"])
+        client.request_adapter.base_url = f"{graph_endpoint}/v1.0"
+        org = await client.organization.get()
+    assert org.value[0].id == graph_server.tenant.tenant_id
+
+
+def _query(builder_cls: Any, **params: Any) -> Any:
+    from kiota_abstractions.base_request_configuration import RequestConfiguration
+
+    qp_name = next(n for n in vars(builder_cls) if n.endswith("GetQueryParameters"))
+    return RequestConfiguration(query_parameters=getattr(builder_cls, qp_name)(**params))
+
+
+def _no_retry() -> Any:
+    from kiota_abstractions.base_request_configuration import RequestConfiguration
+    from kiota_http.middleware.options import RetryHandlerOption
+
+    return RequestConfiguration(options=[RetryHandlerOption(should_retry=False)])
+
+
+def _user_mailboxes(server: EmulatorServer, smtp: Any = "any") -> list[Any]:
+    return [
+        m
+        for m in server.tenant.snapshot()
+        if m.recipient_type_details == "UserMailbox"
+        and (smtp == "any" or m.smtp_client_authentication_disabled is smtp)
+    ]
+
+
+async def test_graph_sdk_users(graph: Any, graph_server: EmulatorServer) -> None:
+    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+    from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+    from msgraph.generated.users.users_request_builder import UsersRequestBuilder
+
+    mb = _user_mailboxes(graph_server)[0]
+    user = await graph.users.by_user_id(mb.user_principal_name.upper()).get()
+    assert user.id == mb.external_directory_object_id and user.mail == mb.primary_smtp_address
+    assert user.account_enabled is True and user.display_name == mb.display_name
+    assert f"{user.given_name} {user.surname}" == mb.display_name
+    by_id = await graph.users.by_user_id(mb.external_directory_object_id).get(
+        request_configuration=_query(UserItemRequestBuilder, select=["displayName", "mail"])
+    )
+    assert by_id.mail == mb.primary_smtp_address and by_id.user_principal_name is None  # $select honoured
+
+    shared = next(m for m in graph_server.tenant.snapshot() if m.recipient_type_details == "SharedMailbox")
+    for missing in ("nobody@contoso.onmicrosoft.com", shared.primary_smtp_address, mb.guid):
+        with pytest.raises(ODataError) as err:
+            await graph.users.by_user_id(missing).get()
+        assert err.value.response_status_code == 404 and err.value.error.code == "Request_ResourceNotFound"
+
+    found = await graph.users.get(
+        request_configuration=_query(UsersRequestBuilder, filter=f"mail eq '{mb.primary_smtp_address.upper()}'")
+    )
+    assert [u.id for u in found.value] == [mb.external_directory_object_id]
+    found = await graph.users.get(
+        request_configuration=_query(UsersRequestBuilder, filter=f"userPrincipalName eq '{mb.user_principal_name}'")
+    )
+    assert [u.user_principal_name for u in found.value] == [mb.user_principal_name]
+    with pytest.raises(ODataError) as err:
+        await graph.users.get(request_configuration=_query(UsersRequestBuilder, filter="mail gt 'a'"))
+    assert err.value.response_status_code == 400
+
+    # $top and @odata.nextLink paging over every UserMailbox owner, each exactly once.
+    ids: list[str] = []
+    resp = await graph.users.get(request_configuration=_query(UsersRequestBuilder, top=40))
+    while True:
+        ids += [u.id for u in resp.value]
+        if not resp.odata_next_link:
+            break
+        resp = await graph.users.with_url(resp.odata_next_link).get()
+    assert sorted(ids) == sorted(m.external_directory_object_id for m in _user_mailboxes(graph_server))
+    assert len(ids) == len(set(ids)) > 40
+
+
+async def test_graph_sdk_groups(graph: Any, graph_server: EmulatorServer) -> None:
+    from msgraph.generated.directory_objects.item.check_member_groups.check_member_groups_post_request_body import (
+        CheckMemberGroupsPostRequestBody as DirObjBody,
+    )
+    from msgraph.generated.groups.item.members.members_request_builder import MembersRequestBuilder
+    from msgraph.generated.models.user import User
+    from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
+        CheckMemberGroupsPostRequestBody,
+    )
+
+    t = graph_server.tenant
+    users = _user_mailboxes(graph_server)[:5]
+    approvers = t.add_group("SMTP AUTH approvers", [u.external_directory_object_id for u in users[:3]])
+    other = t.add_group("Other", [users[4].user_principal_name])
+    t.add_group_member(other, users[0].external_directory_object_id)
+    asked = [approvers, other, "6f1c0a3e-0000-4000-8000-000000000000"]
+
+    r = await graph.users.by_user_id(users[0].user_principal_name).check_member_groups.post(
+        CheckMemberGroupsPostRequestBody(group_ids=asked)
+    )
+    assert r.value == [approvers, other]
+    r = await graph.users.by_user_id(users[3].external_directory_object_id).check_member_groups.post(
+        CheckMemberGroupsPostRequestBody(group_ids=asked)
+    )
+    assert r.value == []
+    r = await graph.directory_objects.by_directory_object_id(
+        users[1].external_directory_object_id
+    ).check_member_groups.post(DirObjBody(group_ids=asked))
+    assert r.value == [approvers]
+
+    page = await graph.groups.by_group_id(approvers).members.get(
+        request_configuration=_query(MembersRequestBuilder, top=2)
+    )
+    members = list(page.value)
+    assert page.odata_next_link and len(members) == 2
+    page = await graph.groups.by_group_id(approvers).members.with_url(page.odata_next_link).get()
+    members += page.value
+    assert page.odata_next_link is None
+    assert all(isinstance(m, User) for m in members)  # "@odata.type" picks the derived type
+    assert [m.id for m in members] == [u.external_directory_object_id for u in users[:3]]
+
+
+async def test_graph_sdk_send_mail(graph: Any, graph_server: EmulatorServer) -> None:
+    from msgraph.generated.models.body_type import BodyType
+    from msgraph.generated.models.email_address import EmailAddress
+    from msgraph.generated.models.internet_message_header import InternetMessageHeader
+    from msgraph.generated.models.item_body import ItemBody
+    from msgraph.generated.models.message import Message
+    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+    from msgraph.generated.models.recipient import Recipient
+    from msgraph.generated.users.item.send_mail.send_mail_post_request_body import SendMailPostRequestBody
+
+    sender = graph_server.tenant.add_mailbox("smtp-guard-notify", type="SharedMailbox", smtp=True)
+
+    def mail(to: list[str], cc: list[str] = (), header: str = "X-SMTP-Guard-Request") -> SendMailPostRequestBody:  # type: ignore[assignment]
+        return SendMailPostRequestBody(
+            message=Message(
+                subject="SMTP AUTH exception request: printer@contoso",
+                body=ItemBody(content_type=BodyType.Html, content="<p>Please <b>approve</b></p>"),
+                to_recipients=[Recipient(email_address=EmailAddress(address=a)) for a in to],
+                cc_recipients=[Recipient(email_address=EmailAddress(address=a)) for a in cc],
+                internet_message_headers=[InternetMessageHeader(name=header, value="req-1")],
+            ),
+            save_to_sent_items=False,
+        )
+
+    await graph.users.by_user_id(sender.primary_smtp_address).send_mail.post(
+        mail(["approver@contoso.onmicrosoft.com", "sec@contoso.onmicrosoft.com"], ["owner@contoso.onmicrosoft.com"])
+    )
+    [sent] = graph_server.tenant.sent_mail
+    assert sent["from"] == sender.primary_smtp_address and sent["sender_type"] == "SharedMailbox"
+    assert sent["to"] == ["approver@contoso.onmicrosoft.com", "sec@contoso.onmicrosoft.com"]
+    assert sent["cc"] == ["owner@contoso.onmicrosoft.com"]
+    assert sent["subject"] == "SMTP AUTH exception request: printer@contoso"
+    assert sent["content_type"] == "html" and "<b>approve</b>" in sent["body"]
+    assert sent["headers"] == {"X-SMTP-Guard-Request": "req-1"} and sent["save_to_sent_items"] is False
+    assert sent["message"]["toRecipients"][0]["emailAddress"]["address"] == "approver@contoso.onmicrosoft.com"
+
+    with pytest.raises(ODataError) as err:
+        await graph.users.by_user_id("ghost@contoso.onmicrosoft.com").send_mail.post(mail(["a@contoso.com"]))
+    assert err.value.response_status_code == 404 and err.value.error.code == "ErrorInvalidUser"
+    with pytest.raises(ODataError) as err:
+        await graph.users.by_user_id(sender.primary_smtp_address).send_mail.post(mail([]))
+    assert err.value.response_status_code == 400 and err.value.error.code == "ErrorInvalidRecipients"
+    with pytest.raises(ODataError) as err:
+        await graph.users.by_user_id(sender.primary_smtp_address).send_mail.post(mail(["a@contoso.com"], header="Ref"))
+    assert err.value.error.code == "InvalidInternetMessageHeader"
+    assert len(graph_server.tenant.sent_mail) == 1
+
+    # Two transient failures: the SDK's retry handler honours Retry-After and the third try lands.
+    graph_server.calllog.clear()
+    graph_server.faults.configure(send_mail_failures=2)
+    await graph.users.by_user_id(sender.user_principal_name).send_mail.post(mail(["a@contoso.com"]))
+    assert len(graph_server.tenant.sent_mail) == 2
+    path = f"/graph/v1.0/users/{sender.user_principal_name}/sendMail"
+    assert [e["status"] for e in graph_server.calllog.entries() if e["cmdlet"] == f"POST {path}"] == [503, 503, 202]
+
+
+async def test_graph_sdk_send_mail_mime(graph: Any, graph_server: EmulatorServer) -> None:
+    """HTML with a plain-text alternative: sendMail's MIME form (text/plain body, base64 of the message)."""
+    import base64
+    from email.message import EmailMessage
+
+    from kiota_abstractions.method import Method
+    from kiota_abstractions.request_information import RequestInformation
+    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+    sender = graph_server.tenant.add_mailbox("mime-notify", type="SharedMailbox", smtp=True)
+    builder = graph.users.by_user_id(sender.primary_smtp_address).send_mail
+
+    async def send(payload: bytes) -> None:
+        info = RequestInformation(Method.POST, builder.url_template, builder.path_parameters)
+        info.set_stream_content(payload, "text/plain")
+        await builder.request_adapter.send_no_response_content_async(info, {"XXX": ODataError})
+
+    mime = EmailMessage()
+    mime["From"] = sender.primary_smtp_address
+    mime["To"] = "Avery <avery@contoso.onmicrosoft.com>, blake@contoso.onmicrosoft.com"
+    mime["Subject"] = "Approve SMTP AUTH for scanner"
+    mime["X-SMTP-Guard-Request"] = "req-9"
+    mime.set_content("Plain: approve at https://x/y")
+    mime.add_alternative("<p>HTML: <a href='https://x/y'>approve</a></p>", subtype="html")
+    await send(base64.b64encode(mime.as_bytes()))
+    [sent] = graph_server.tenant.sent_mail
+    assert sent["mime"] is True and sent["from"] == sender.primary_smtp_address
+    assert sent["to"] == ["avery@contoso.onmicrosoft.com", "blake@contoso.onmicrosoft.com"]
+    assert sent["subject"] == "Approve SMTP AUTH for scanner" and sent["content_type"] == "html"
+    assert "HTML: <a" in sent["html_body"] == sent["body"] and sent["text_body"].startswith("Plain: approve")
+    assert sent["mime_content_type"] == "multipart/alternative"
+    assert sent["headers"] == {"X-SMTP-Guard-Request": "req-9"}
+    with pytest.raises(ODataError) as err:
+        await send(b"this is not base64!")
+    assert err.value.response_status_code == 400
+    assert err.value.error.code == "ErrorMimeContentInvalidBase64String"
+
+
+async def test_graph_sdk_signins(graph: Any, graph_server: EmulatorServer) -> None:
+    from msgraph.generated.audit_logs.sign_ins.sign_ins_request_builder import SignInsRequestBuilder
+    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+    t = graph_server.tenant
+    seeded_ids = {s["userId"] for s in t.signins}
+    owners = {m.external_directory_object_id: m for m in t.snapshot()}
+    assert seeded_ids and all(owners[i].smtp_client_authentication_disabled is False for i in seeded_ids)
+
+    mb = _user_mailboxes(graph_server, smtp=True)[0]
+    now = datetime.now(UTC).replace(microsecond=0)
+    t.add_signin(mb.user_principal_name, when=now - timedelta(days=40))
+    t.add_signin(mb.user_principal_name, when=now - timedelta(days=2), status_error_code=50126)
+    t.add_signin(mb.external_directory_object_id, when=now - timedelta(days=1), ip="198.51.100.7")
+    t.add_signin(mb.user_principal_name, when=now - timedelta(hours=1), client_app_used="Browser")
+
+    since = (now - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    flt = (
+        f"userId eq '{mb.external_directory_object_id}' and clientAppUsed eq 'Authenticated SMTP' "
+        f"and createdDateTime ge {since}"
+    )
+    resp = await graph.audit_logs.sign_ins.get(request_configuration=_query(SignInsRequestBuilder, filter=flt))
+    assert [s.ip_address for s in resp.value] == ["198.51.100.7", "203.0.113.10"]  # newest first
+    assert resp.value[1].status.error_code == 50126 and resp.value[0].status.error_code == 0
+    assert resp.value[0].user_principal_name == mb.user_principal_name
+    assert resp.value[0].created_date_time == now - timedelta(days=1)
+
+    flt = f"userPrincipalName eq '{mb.user_principal_name}'"
+    resp = await graph.audit_logs.sign_ins.get(request_configuration=_query(SignInsRequestBuilder, filter=flt, top=3))
+    assert len(resp.value) == 3 and resp.value[0].client_app_used == "Browser" and resp.odata_next_link
+    rest = await graph.audit_logs.sign_ins.with_url(resp.odata_next_link).get()
+    assert len(rest.value) == 1 and rest.odata_next_link is None
+
+    with pytest.raises(ODataError) as err:  # a quoted date is a client bug Graph rejects too
+        await graph.audit_logs.sign_ins.get(
+            request_configuration=_query(SignInsRequestBuilder, filter=f"createdDateTime ge '{since}'")
+        )
+    assert err.value.response_status_code == 400
+
+    t.premium = False
+    with pytest.raises(ODataError) as err:
+        await graph.audit_logs.sign_ins.get()
+    assert err.value.response_status_code == 403
+    assert err.value.error.code == "Authentication_RequestFromNonPremiumTenantOrB2CTenant"
+
+
+async def test_graph_sdk_blocker_reads(graph: Any, graph_server: EmulatorServer) -> None:
+    from msgraph.generated.models.conditional_access_client_app import ConditionalAccessClientApp
+    from msgraph.generated.models.conditional_access_grant_control import ConditionalAccessGrantControl
+    from msgraph.generated.models.conditional_access_policy_state import ConditionalAccessPolicyState
+
+    sd = await graph.policies.identity_security_defaults_enforcement_policy.get()
+    assert sd.is_enabled is False and sd.id == "00000000-0000-0000-0000-000000000005"
+    graph_server.tenant.security_defaults = True
+    assert (await graph.policies.identity_security_defaults_enforcement_policy.get()).is_enabled is True
+
+    assert (await graph.identity.conditional_access.policies.get()).value == []
+    graph_server.tenant.block_legacy_auth_policy()
+    graph_server.tenant.block_legacy_auth_policy("enabledForReportingButNotEnforced")
+    policies = (await graph.identity.conditional_access.policies.get()).value
+    assert [p.state for p in policies] == [
+        ConditionalAccessPolicyState.Enabled,
+        ConditionalAccessPolicyState.EnabledForReportingButNotEnforced,
+    ]
+    p = policies[0]
+    assert p.display_name == "Block legacy authentication"
+    assert p.conditions.client_app_types == [
+        ConditionalAccessClientApp.ExchangeActiveSync,
+        ConditionalAccessClientApp.Other,
+    ]
+    assert p.conditions.users.include_users == ["All"]
+    assert p.grant_controls.built_in_controls == [ConditionalAccessGrantControl.Block]
+
+
+async def test_graph_faults_and_call_log(graph: Any, graph_server: EmulatorServer) -> None:
+    from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+    upn = _user_mailboxes(graph_server)[0].user_principal_name
+    graph_server.faults.configure(graph_down=True)
+    with pytest.raises(ODataError) as err:
+        await graph.users.by_user_id(upn).get(request_configuration=_no_retry())
+    assert err.value.response_status_code == 503
+    graph_server.faults.configure(graph_down=False)
+    assert (await graph.users.by_user_id(upn).get()).user_principal_name == upn
+    entries = [e for e in graph_server.calllog.entries() if e["kind"] == "graph"]
+    assert [(e["cmdlet"], e["status"], e["retry_after"]) for e in entries] == [
+        (f"GET /graph/v1.0/users/{upn}", 503, 1.0),
+        (f"GET /graph/v1.0/users/{upn}", 200, None),
+    ]
+    with pytest.raises(ValueError):
+        graph_server.faults.configure(graph_down="yes")
+
+
+async def test_graph_raw_shapes_and_teams_webhook(
+    gsession: aiohttp.ClientSession, graph_server: EmulatorServer
+) -> None:
+    session = gsession
+    graph_server.faults.reset()
+    token = await get_token(session, graph_server, "graph")
+    headers = {"Authorization": f"Bearer {token}", "client-request-id": "abc"}
+    g = f"{graph_server.graph_endpoint}/v1.0"
+    graph_server.faults.configure(graph_down=True)
+    async with session.get(f"{g}/organization", headers=headers) as r:
+        assert r.status == 503 and r.headers["Retry-After"] == "1"
+        inner = (await r.json())["error"]["innerError"]
+        assert inner["client-request-id"] == "abc" and {"date", "request-id"} <= set(inner)
+    graph_server.faults.reset()
+    async with session.get(f"{g}/users/nobody@contoso.onmicrosoft.com", headers=headers) as r:
+        body = await r.json()
+        assert r.status == 404 and body["error"]["code"] == "Request_ResourceNotFound"
+    async with session.get(f"{g}/notARealSegment", headers=headers) as r:
+        assert r.status == 400 and "notARealSegment" in (await r.json())["error"]["message"]
+    async with session.get(f"{g}/auditLogs/signIns") as r:  # no token
+        assert r.status == 401 and (await r.json())["error"]["code"] == "InvalidAuthenticationToken"
+
+    card = {"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "New request"}]}
+    payload = {
+        "type": "message",
+        "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}],
+    }
+    url = f"{graph_server.base_url}/teams/workflows/abc123/triggers/manual/paths/invoke?api-version=1&sig=xyz"
+    async with session.post(url, json=payload) as r:
+        assert r.status == 202 and await r.read() == b""
+    async with session.post(url, data=b"not json") as r:
+        assert r.status == 400
+    async with session.get(f"{graph_server.base_url}/_emulator/teams") as r:
+        [post] = await r.json()
+    assert post["cards"] == [card] and post["query"]["sig"] == "xyz"
+    assert graph_server.calllog.count(kind="teams") == 2
+
+
+async def test_graph_control_api(gsession: aiohttp.ClientSession, graph_server: EmulatorServer) -> None:
+    session = gsession
+    base = f"{graph_server.base_url}/_emulator"
+    async with session.get(f"{base}/users") as r:
+        users = await r.json()
+    assert len(users) == len(_user_mailboxes(graph_server))
+    assert set(users[0]) == {"id", "userPrincipalName", "displayName", "mail"}
+    async with session.post(f"{base}/users", json={"upn": "admin.nomail", "with_mailbox": False}) as r:
+        bare = await r.json()
+        assert r.status == 201 and bare["mail"] is None
+    async with session.post(
+        f"{base}/groups", json={"display_name": "Approvers", "members": [users[0]["id"], bare["id"]]}
+    ) as r:
+        assert r.status == 201
+        gid = (await r.json())["id"]
+    assert graph_server.tenant.member_groups(bare["id"], [gid]) == [gid]
+    async with session.post(f"{base}/groups", json={"display_name": "X", "members": ["ghost@nowhere"]}) as r:
+        assert r.status == 404
+    async with session.post(
+        f"{base}/signins",
+        json={"user": users[0]["userPrincipalName"], "when": "2026-11-02T10:00:00Z", "status_error_code": 50126},
+    ) as r:
+        entry = await r.json()
+        assert r.status == 201 and entry["createdDateTime"] == "2026-11-02T10:00:00Z"
+        assert entry["status"]["errorCode"] == 50126 and entry["userId"] == users[0]["id"]
+    async with session.put(
+        f"{base}/graph", json={"premium": False, "security_defaults": True, "block_legacy_auth": "enabled"}
+    ) as r:
+        state = await r.json()
+    assert state["premium"] is False and state["security_defaults"] is True
+    assert [p["state"] for p in state["conditional_access_policies"]] == ["enabled"]
+    async with session.put(f"{base}/graph", json={"premium": True, "block_legacy_auth": "disabled"}) as r:
+        assert [p["state"] for p in (await r.json())["conditional_access_policies"]] == ["disabled"]
+    async with session.put(f"{base}/graph", json={"block_legacy_auth": None, "security_defaults": False}) as r:
+        assert (await r.json())["conditional_access_policies"] == []
+    async with session.put(f"{base}/graph", json={"premium": "yes"}) as r:
+        assert r.status == 400
+    graph_server.tenant.sent_mail.append({"id": "m1", "subject": "s"})
+    async with session.get(f"{base}/mail") as r:
+        assert [m["id"] for m in await r.json()] == ["m1"]
+    async with session.delete(f"{base}/mail") as r:
+        assert r.status == 200
+    assert graph_server.tenant.sent_mail == []
+    async with session.put(f"{base}/faults", json={"graph_down": True, "send_mail_failures": 2}) as r:
+        assert (await r.json())["send_mail_failures"] == 2
+    graph_server.faults.reset()
+
+
+def test_seeded_signins_are_deterministic() -> None:
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    a, b = Tenant(), Tenant()
+    a.seed(3000, now=now)
+    b.seed(3000, now=now)
+    assert a.signins and a.signins == b.signins
+    assert all(s["createdDateTime"] <= "2026-11-28T00:00:00Z" for s in a.signins)
+    assert len({s["userId"] for s in a.signins}) <= 40

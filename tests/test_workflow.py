@@ -1,0 +1,527 @@
+"""The request and approval workflow through the app's HTTP functions, Azurite and the tenant emulator.
+
+These tests play the platform's part exactly as App Service does: WEBSITE_AUTH_ENABLED is set and
+the principal header is injected. The browser test (test_browser.py) goes through the local host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from emulator.server import EmulatorServer
+from shared.store import Store
+from shared.workflow_records import RequestStatus
+from tests.workflow_support import (
+    PUBLIC_BASE_URL,
+    People,
+    add_people,
+    approval_link,
+    call,
+    csrf_from,
+    mail_text,
+    valid_request,
+)
+
+XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture
+async def people(
+    app_env: dict[str, str], emulator: EmulatorServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[People]:
+    from shared.clients import close_all
+
+    found = add_people(emulator.tenant)
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+    monkeypatch.setenv("PUBLIC_BASE_URL", PUBLIC_BASE_URL)
+    monkeypatch.setenv("NOTIFY_FROM", found.notify.primary_smtp_address)
+    monkeypatch.setenv("APPROVER_GROUP_ID", found.group_id)
+    await store.initialise(emulator.tenant.tenant_id, "test")
+    yield found
+    await close_all()
+
+
+async def send_outbox(now: datetime | None = None) -> Any:
+    from shared.clients import clients
+    from shared.notifications import send_due
+
+    return await send_due(await clients(), now)
+
+
+async def submit_form(people: People, fields: dict[str, str], user: Any = None) -> Any:
+    page = await call("exception_form", "GET", "/api/exceptions/new", user=user or people.requester)
+    assert page.status == 200
+    token, cookie = csrf_from(page)
+    return await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=user or people.requester,
+        form={**fields, "csrf_token": token},
+        cookie=cookie,
+    )
+
+
+async def submitted_request(people: People, **overrides: str) -> str:
+    mailbox = overrides.pop("mailbox", people.printer.primary_smtp_address)
+    response = await submit_form(people, valid_request(mailbox, people.requester.primary_smtp_address, **overrides))
+    assert response.status == 303, response.text
+    return response.headers["Location"].rsplit("/", 1)[1]
+
+
+async def open_approval(people: People, emulator: EmulatorServer, request_id: str, user: Any = None) -> tuple[Any, str]:
+    await send_outbox()
+    link = approval_link(emulator.tenant, request_id)
+    page = await call("approval_page", "GET", link, user=user or people.approver, route_params={"id": request_id})
+    return page, link
+
+
+async def post_decision(people: People, request_id: str, page: Any, link: str, user: Any = None, **fields: str) -> Any:
+    csrf, cookie = csrf_from(page)
+    token = link.split("token=", 1)[1]
+    form = {"csrf_token": csrf, "token": token, "decision": "approve", **fields}
+    return await call(
+        "approval_decision",
+        "POST",
+        f"/api/approvals/{request_id}",
+        user=user or people.approver,
+        form=form,
+        cookie=cookie,
+        route_params={"id": request_id},
+    )
+
+
+def set_calls(emulator: EmulatorServer) -> int:
+    return sum(1 for e in emulator.calllog.entries() if e["cmdlet"] == "Set-CASMailbox" and e["kind"] != "batch")
+
+
+async def test_request_to_approval_switches_smtp_auth_on(
+    people: People, emulator: EmulatorServer, store: Store
+) -> None:
+    tenant = emulator.tenant
+    request_id = await submitted_request(people)
+    loaded = await store.get_request(request_id)
+    assert loaded is not None and loaded[0].status is RequestStatus.PENDING
+
+    page, link = await open_approval(people, emulator, request_id)
+
+    assert page.status == 200
+    assert "scanner-3f" in page.text and "Approve" in page.text
+    approval_mail = tenant.sent_mail[-1]
+    assert people.approver.primary_smtp_address in [a.lower() for a in approval_mail["to"]]
+    assert set_calls(emulator) == 0  # opening the link changed nothing
+
+    decided = await post_decision(people, request_id, page, link, days="20")
+
+    assert decided.status == 200, decided.text
+    assert tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
+    exception = await store.get_exception(request_id)
+    assert exception is not None and exception.is_active(datetime.now(UTC))
+    assert exception.approved_by == people.approver.external_directory_object_id
+    assert timedelta(days=19) < exception.expires_at - datetime.now(UTC) <= timedelta(days=20)
+    audit = await store.list_audit(f"approval-{request_id}")
+    assert [(row["MailboxGuid"], row["Before"], row["After"], row["Reason"]) for row in audit] == [
+        (people.printer.guid, "true", "false", "exception")
+    ]
+    await send_outbox()
+    decision_mail = tenant.sent_mail[-1]
+    assert people.requester.primary_smtp_address in [a.lower() for a in decision_mail["to"]]
+    assert "approved" in decision_mail["subject"]
+
+
+async def test_approved_exception_is_respected_by_an_enforce_sweep(
+    people: People, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared.settings import EnforcementMode, load_settings
+    from shared.sweep import SweepRequest, run_sweep
+
+    request_id = await submitted_request(people)
+    page, link = await open_approval(people, emulator, request_id)
+    assert (await post_decision(people, request_id, page, link)).status == 200
+    summary = await run_sweep(load_settings(), SweepRequest(full=True, mode=EnforcementMode.ENFORCE))
+    assert summary.ok, summary.message
+    assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
+    assert emulator.tenant.find(people.requester.guid).smtp_client_authentication_disabled is True
+
+
+# -- the security battery ---------------------------------------------------------------------------------------
+
+
+async def test_forged_replayed_expired_and_foreign_tokens_are_refused(
+    people: People, emulator: EmulatorServer, store: Store
+) -> None:
+    first = await submitted_request(people)
+    page, link = await open_approval(people, emulator, first)
+    forged = link.split("token=")[0] + "token=" + "A" * 43
+    assert (await call("approval_page", "GET", forged, user=people.approver, route_params={"id": first})).status == 403
+    csrf, cookie = csrf_from(page)
+
+    async def post(request_id: str, token: str) -> int:
+        form = {"csrf_token": csrf, "token": token, "decision": "approve"}
+        response = await call(
+            "approval_decision",
+            "POST",
+            f"/api/approvals/{request_id}",
+            user=people.approver,
+            form=form,
+            cookie=cookie,
+            route_params={"id": request_id},
+        )
+        return response.status
+
+    assert await post(first, "A" * 43) == 403
+    second = await submitted_request(people, mailbox=people.outsider.primary_smtp_address)
+    token_of_first = link.split("token=", 1)[1]
+    assert await post(second, token_of_first) == 403  # another request's token
+    assert (await store.get_request(second))[0].status is RequestStatus.PENDING
+
+    assert await post(first, token_of_first) == 200
+    assert await post(first, token_of_first) == 409  # replay: already decided, and the token is spent
+
+    await send_outbox()
+    link_second = approval_link(emulator.tenant, second)
+    request, etag = await store.get_request(second)
+    request.expires_at = datetime.now(UTC) - timedelta(minutes=1)
+    await store.update_request(request, etag)
+    assert await post(second, link_second.split("token=", 1)[1]) == 403  # expired
+    assert (await store.get_request(second))[0].status is RequestStatus.PENDING
+
+
+async def test_only_group_approvers_decide_and_never_their_own_request(
+    people: People, emulator: EmulatorServer, store: Store
+) -> None:
+    request_id = await submitted_request(people)
+    page, link = await open_approval(people, emulator, request_id)
+    outsider = await post_decision(people, request_id, page, link, user=people.outsider)
+    assert outsider.status == 403
+    outsider_page = await call("approval_page", "GET", link, user=people.outsider, route_params={"id": request_id})
+    assert outsider_page.status == 403
+
+    own = await submit_form(
+        people,
+        valid_request(people.approver.primary_smtp_address, people.approver.primary_smtp_address),
+        user=people.approver,
+    )
+    own_id = own.headers["Location"].rsplit("/", 1)[1]
+    own_page, own_link = await open_approval(people, emulator, own_id)
+    assert "cannot approve it" in own_page.text
+    refused = await post_decision(people, own_id, page, own_link)  # the approver tries their own request
+    assert refused.status == 403
+    assert (await store.get_request(own_id))[0].status is RequestStatus.PENDING
+    assert set_calls(emulator) == 0
+
+
+async def test_get_head_and_scanner_prefetch_change_nothing(
+    people: People, emulator: EmulatorServer, store: Store
+) -> None:
+    request_id = await submitted_request(people)
+    _, link = await open_approval(people, emulator, request_id)
+    before = await store.get_request(request_id)
+    for method in ("GET", "HEAD", "GET"):
+        response = await call(
+            "approval_page",
+            method,
+            link,
+            user=people.approver,
+            route_params={"id": request_id},
+            headers={"purpose": "prefetch", "user-agent": "Safe Links scanner"},
+        )
+        assert response.status == 200
+    # A scanner without a signed-in session never reaches the app behind Easy Auth; with one, it still only reads.
+    after = await store.get_request(request_id)
+    assert after[0] == before[0]
+    assert set_calls(emulator) == 0
+
+
+async def test_two_approvers_at_once_make_one_decision(people: People, emulator: EmulatorServer) -> None:
+    request_id = await submitted_request(people)
+    page, link = await open_approval(people, emulator, request_id)
+    second_page = await call("approval_page", "GET", link, user=people.second_approver, route_params={"id": request_id})
+
+    results = await asyncio.gather(
+        post_decision(people, request_id, page, link),
+        post_decision(
+            people,
+            request_id,
+            second_page,
+            link,
+            user=people.second_approver,
+            decision="deny",
+            comment="Use a connector",
+        ),
+    )
+
+    statuses = sorted(r.status for r in results)
+    assert statuses == [200, 409], [r.text[:200] for r in results]
+    loser = next(r for r in results if r.status == 409)
+    assert "already" in loser.text or "decided first" in loser.text
+
+
+async def test_free_text_is_escaped_in_pages_and_mail(people: People, emulator: EmulatorServer) -> None:
+    request_id = await submitted_request(people, vendor=XSS, alternatives_detail=XSS, contact=XSS, ticket="T<b>1</b>")
+    page, link = await open_approval(people, emulator, request_id)
+    assert XSS not in page.text and "&lt;script&gt;" in page.text
+    assert "<b>1</b>" not in page.text
+    mail = emulator.tenant.sent_mail[-1]
+    assert "<script>" not in str(mail.get("html") or mail.get("body"))
+    status = await call(
+        "exception_status",
+        "GET",
+        f"/api/exceptions/{request_id}",
+        user=people.requester,
+        route_params={"id": request_id},
+    )
+    assert XSS not in status.text and "&lt;script&gt;" in status.text
+    denied = await post_decision(people, request_id, page, link, decision="deny", comment=XSS)
+    assert XSS not in denied.text
+
+
+async def test_spoofed_principal_without_easy_auth_is_unauthenticated(
+    people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
+    for name, method, path in (
+        ("exception_form", "GET", "/api/exceptions/new"),
+        ("exception_submit", "POST", "/api/exceptions"),
+    ):
+        response = await call(
+            name,
+            method,
+            path,
+            user=people.approver,
+            body=valid_request("a@contoso.com", "b@contoso.com") if method == "POST" else None,
+        )
+        assert response.status == 401
+
+
+async def test_bad_bodies_get_4xx_with_field_messages(people: People, store: Store) -> None:
+    huge = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body=b"x" * 20_000,
+        headers={"content-type": "application/json"},
+    )
+    assert huge.status == 413
+    malformed = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert malformed.status == 400 and malformed.json()["errors"]
+    invalid = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body={**valid_request("not-an-address", "x"), "days": "900", "auth_method": "kerberos"},
+    )
+    assert invalid.status == 400
+    assert {"mailbox", "owner", "days", "auth_method"} <= set(invalid.json()["errors"])
+    form = await submit_form(people, valid_request("", "", vendor="", days="0"))
+    assert form.status == 400
+    assert 'id="vendor-error"' in form.text and 'aria-invalid="true"' in form.text
+    unknown = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body=valid_request("ghost@contoso.onmicrosoft.com", people.requester.primary_smtp_address),
+    )
+    assert unknown.status == 422 and "mailbox" in unknown.json()["errors"]
+    assert await store.query_requests("Status eq @s", {"s": "pending"}) == []
+
+
+async def test_cross_site_form_post_without_csrf_token_is_refused(people: People, store: Store) -> None:
+    fields = valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address)
+    no_token = await call("exception_submit", "POST", "/api/exceptions", user=people.requester, form=fields)
+    assert no_token.status == 403
+    page = await call("exception_form", "GET", "/api/exceptions/new", user=people.requester)
+    token, cookie = csrf_from(page)
+    cross_site = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        form={**fields, "csrf_token": token},
+        cookie=cookie,
+        headers={"origin": "https://evil.example"},
+    )
+    assert cross_site.status == 403
+    assert await store.query_requests("Status eq @s", {"s": "pending"}) == []
+
+
+async def test_duplicate_pending_request_gets_409_with_a_link(people: People) -> None:
+    first = await submitted_request(people)
+    again = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body=valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address),
+    )
+    assert again.status == 409
+    assert again.json()["errors"]["request_id"] == first
+
+
+async def test_json_api_submit_and_status(people: People) -> None:
+    created = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body=valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address),
+    )
+    assert created.status == 201
+    body = created.json()
+    assert body["status"] == "pending" and "token_hash" not in body
+    assert created.headers["Location"] == f"/api/exceptions/{body['id']}"
+    mine = await call(
+        "exception_status",
+        "GET",
+        created.headers["Location"],
+        user=people.requester,
+        headers={"accept": "application/json"},
+        route_params={"id": body["id"]},
+    )
+    assert mine.status == 200 and mine.json()["id"] == body["id"]
+    theirs = await call(
+        "exception_status",
+        "GET",
+        created.headers["Location"],
+        user=people.outsider,
+        headers={"accept": "application/json"},
+        route_params={"id": body["id"]},
+    )
+    assert theirs.status == 403
+
+
+async def test_rate_limit_per_requester(people: People, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUEST_RATE_LIMIT_PER_DAY", "2")
+    targets = [people.printer, people.outsider, people.notify]
+    codes = []
+    for target in targets:
+        response = await call(
+            "exception_submit",
+            "POST",
+            "/api/exceptions",
+            user=people.requester,
+            body=valid_request(target.primary_smtp_address, people.requester.primary_smtp_address),
+        )
+        codes.append(response.status)
+    assert codes == [201, 201, 429]
+
+
+async def test_revoke_switches_smtp_auth_off_again(people: People, emulator: EmulatorServer, store: Store) -> None:
+    request_id = await submitted_request(people)
+    page, link = await open_approval(people, emulator, request_id)
+    assert (await post_decision(people, request_id, page, link)).status == 200
+    assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
+    by_requester = await call(
+        "exception_revoke",
+        "POST",
+        f"/api/exceptions/{request_id}/revoke",
+        user=people.requester,
+        body={},
+        route_params={"id": request_id},
+    )
+    assert by_requester.status == 403
+    revoked = await call(
+        "exception_revoke",
+        "POST",
+        f"/api/exceptions/{request_id}/revoke",
+        user=people.approver,
+        body={},
+        route_params={"id": request_id},
+    )
+    assert revoked.status == 200, revoked.text
+    assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is True
+    audit = await store.list_audit(f"revoke-{request_id}")
+    assert [(r["Before"], r["After"]) for r in audit] == [("false", "true")]
+
+
+# -- lifecycle and the outbox -----------------------------------------------------------------------------------
+
+
+async def test_expired_exception_is_revoked_by_the_reconcile_and_the_owner_told(
+    people: People, emulator: EmulatorServer, store: Store
+) -> None:
+    from shared.clients import clients
+    from shared.lifecycle import run_lifecycle
+    from shared.settings import EnforcementMode, load_settings
+    from shared.sweep import SweepRequest, run_sweep
+
+    request_id = await submitted_request(people, days="3")
+    page, link = await open_approval(people, emulator, request_id)
+    assert (await post_decision(people, request_id, page, link)).status == 200
+    await send_outbox()
+    sent_before = len(emulator.tenant.sent_mail)
+
+    c = await clients()
+    later = datetime.now(UTC) + timedelta(days=2, hours=12)  # 12 hours left: both reminders are due
+    first = await run_lifecycle(c, later)
+    again = await run_lifecycle(c, later)
+    assert (first.reminders, again.reminders) == (2, 0)
+    await send_outbox(later)
+    reminders = emulator.tenant.sent_mail[sent_before:]
+    assert len(reminders) == 2 and all("expires in" in m["subject"] for m in reminders)
+    assert all("/api/exceptions/new?" in mail_text(m) for m in reminders)  # renewal link that prefills
+
+    expired_at = datetime.now(UTC) + timedelta(days=4)
+    report = await run_lifecycle(c, expired_at)
+    assert report.expiry_notices == 1
+    assert (await run_lifecycle(c, expired_at)).expiry_notices == 0
+    await send_outbox(expired_at)
+    notice = emulator.tenant.sent_mail[-1]
+    assert "expired" in notice["subject"]
+    assert people.requester.primary_smtp_address in [a.lower() for a in notice["to"]]  # the owner
+
+    summary = await run_sweep(
+        load_settings(), SweepRequest(full=True, mode=EnforcementMode.ENFORCE), clock=lambda: expired_at
+    )
+    assert summary.ok, summary.message
+    assert summary.by_reason.get("expired") == 1
+    assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is True
+
+
+async def test_notifications_survive_graph_being_down(people: People, emulator: EmulatorServer, store: Store) -> None:
+    emulator.faults.configure(graph_down=True)
+    request_id = await submitted_request(people)  # Exchange answers; Graph does not
+    report = await send_outbox()
+    assert report.failed >= 1 and report.sent == 0
+    assert emulator.tenant.sent_mail == []
+    emulator.faults.reset()
+    assert (await send_outbox()).sent == 0  # not due yet: it backs off
+    report = await send_outbox(datetime.now(UTC) + timedelta(minutes=5))
+    assert report.sent == 1
+    assert approval_link(emulator.tenant, request_id)
+
+
+async def test_pending_requests_lapse(people: People, emulator: EmulatorServer, store: Store) -> None:
+    from shared.clients import clients
+    from shared.lifecycle import run_lifecycle
+
+    request_id = await submitted_request(people)
+    report = await run_lifecycle(await clients(), datetime.now(UTC) + timedelta(days=15))
+    assert report.requests_expired == 1
+    assert (await store.get_request(request_id))[0].status is RequestStatus.EXPIRED
+
+
+async def test_health_is_anonymous_and_names_a_bad_setting(people: People, monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = await call("health", "GET", "/api/health")
+    assert ok.status == 200 and ok.json()["status"] == "ok"
+    assert people.notify.primary_smtp_address not in ok.text
+    monkeypatch.setenv("NOTIFY_FROM", "not an address")
+    bad = await call("health", "GET", "/api/health")
+    assert bad.status == 503
+    assert "NOTIFY_FROM" in bad.json()["checks"]["settings"]
+    assert "not an address" not in bad.text

@@ -1,0 +1,164 @@
+"""Helpers for workflow tests: people in the emulated tenant, the platform's principal header, and
+calling the app's own HTTP functions (the same function objects the Functions host runs)."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import azure.functions as func
+
+from emulator.tenant import Mailbox, Tenant
+
+PUBLIC_BASE_URL = "http://localhost:7071"
+
+
+@dataclass
+class People:
+    requester: Mailbox
+    approver: Mailbox
+    second_approver: Mailbox
+    outsider: Mailbox
+    notify: Mailbox
+    printer: Mailbox
+    group_id: str
+
+
+def add_people(tenant: Tenant) -> People:
+    people = People(
+        requester=tenant.add_mailbox("riley.requester", smtp=True, display_name="Riley Requester"),
+        approver=tenant.add_mailbox("avery.approver", smtp=True, display_name="Avery Approver"),
+        second_approver=tenant.add_mailbox("blake.approver", smtp=True, display_name="Blake Approver"),
+        outsider=tenant.add_mailbox("olly.outsider", smtp=True, display_name="Olly Outsider"),
+        notify=tenant.add_mailbox("smtp-guard", type="SharedMailbox", smtp=True),
+        printer=tenant.add_mailbox("scanner-3f", type="SharedMailbox", smtp=True, display_name="Scanner 3F"),
+        group_id="",
+    )
+    people.group_id = tenant.add_group(
+        "SMTP AUTH approvers",
+        [people.approver.external_directory_object_id, people.second_approver.external_directory_object_id],
+    )
+    return people
+
+
+def principal_header(mailbox: Mailbox) -> str:
+    """What App Service Authentication injects for a signed-in Entra user."""
+    claims = [
+        {
+            "typ": "http://schemas.microsoft.com/identity/claims/objectidentifier",
+            "val": mailbox.external_directory_object_id,
+        },
+        {"typ": "preferred_username", "val": mailbox.user_principal_name},
+        {"typ": "name", "val": mailbox.display_name},
+    ]
+    payload = {"auth_typ": "aad", "claims": claims, "name_typ": "preferred_username", "role_typ": "roles"}
+    return base64.b64encode(json.dumps(payload).encode()).decode()
+
+
+@functools.cache
+def _functions() -> dict[str, Any]:
+    import function_app
+
+    return {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
+
+
+def function(name: str) -> Any:
+    return _functions()[name]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+async def call(
+    name: str,
+    method: str,
+    path: str,
+    *,
+    user: Mailbox | None = None,
+    body: bytes | str | dict[str, Any] | None = None,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    route_params: dict[str, str] | None = None,
+    cookie: str | None = None,
+) -> Response:
+    """Invoke one of the app's HTTP functions the way the host does."""
+    all_headers = {k.lower(): v for k, v in (headers or {}).items()}
+    data = b""
+    if form is not None:
+        data = urlencode(form).encode()
+        all_headers.setdefault("content-type", "application/x-www-form-urlencoded")
+    elif isinstance(body, dict):
+        data = json.dumps(body).encode()
+        all_headers.setdefault("content-type", "application/json")
+        all_headers.setdefault("accept", "application/json")
+    elif isinstance(body, str):
+        data = body.encode()
+    elif isinstance(body, bytes):
+        data = body
+    if user is not None:
+        all_headers["x-ms-client-principal"] = principal_header(user)
+    if cookie:
+        all_headers["cookie"] = cookie
+    parts = urlsplit(path)
+    params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    request = func.HttpRequest(
+        method=method,
+        url=f"{PUBLIC_BASE_URL}{path}",
+        headers=all_headers,
+        params=params,
+        route_params=route_params or {},
+        body=data,
+    )
+    response: func.HttpResponse = await function(name)(request)
+    return Response(response.status_code, dict(response.headers), response.get_body().decode())
+
+
+def csrf_from(response: Response) -> tuple[str, str]:
+    """The CSRF token in a page's form and the cookie the page set (or the one already held)."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', response.text)
+    assert match, "the page has no CSRF field"
+    token = match.group(1)
+    return token, f"smtpguard_csrf={token}"
+
+
+def approval_link(tenant: Tenant, request_id: str) -> str:
+    """The approval link from the newest approval mail in the emulator's outbox."""
+    for mail in reversed(tenant.sent_mail):
+        found = re.search(rf"(/api/approvals/{request_id}\?token=[A-Za-z0-9_\-%]+)", mail_text(mail))
+        if found:
+            return found.group(1)
+    raise AssertionError(f"no approval mail for {request_id}")
+
+
+def mail_text(mail: dict[str, Any]) -> str:
+    return "\n".join(str(mail.get(k, "")) for k in ("subject", "body", "text", "html"))
+
+
+def valid_request(mailbox: str, owner: str, **overrides: str) -> dict[str, str]:
+    fields = {
+        "mailbox": mailbox,
+        "sender_kind": "mfp",
+        "vendor": "Ricoh IM C3000",
+        "source_ips": "203.0.113.7, 10.2.0.0/24",
+        "auth_method": "oauth",
+        "alternatives_reason": "no-oauth-support",
+        "alternatives_detail": "Firmware has no OAuth; vendor upgrade planned for Q2.",
+        "days": "30",
+        "owner": owner,
+        "contact": "Facilities, ext. 4411",
+        "ticket": "INC-1042",
+    }
+    fields.update(overrides)
+    return fields
