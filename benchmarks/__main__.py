@@ -1,4 +1,7 @@
-"""`python -m benchmarks [--only full|incremental|coldstart] [--quick]`: run, print tables, write .artifacts/bench-*.json."""
+"""`python -m benchmarks [--only full|incremental|coldstart] [--quick]`.
+
+Runs the benchmarks, prints a table for each and writes .artifacts/bench-*.json.
+"""
 
 from __future__ import annotations
 

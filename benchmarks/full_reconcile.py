@@ -107,7 +107,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
     print(f"\n== full reconcile: {count:,} mailboxes, {LATENCY_MS:g} ms latency, concurrency limit {CONCURRENCY}")
     with Azurite() as azurite, EmulatorProcess(options) as emulator:
-        azurite_pid = azurite._process.pid if azurite._process else 0  # noqa: SLF001 - CPU accounting only
+        azurite_pid = azurite._process.pid if azurite._process else 0
         log(f"emulator up in {emulator.startup_s:.1f}s")
         before = _not_desired(emulator.mailboxes())
         log(f"{before:,} of {count:,} mailboxes not in the desired state ({before / count:.1%})")
@@ -132,7 +132,19 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
     print(
         table(
-            ["mode", "scanned", "changes", "pages", "batches", "429s", "bound s", "wall s", "in-run s", "wall/bound", "peak RSS MiB"],
+            [
+                "mode",
+                "scanned",
+                "changes",
+                "pages",
+                "batches",
+                "429s",
+                "bound s",
+                "wall s",
+                "in-run s",
+                "wall/bound",
+                "peak RSS MiB",
+            ],
             [
                 [
                     r["mode"],

@@ -118,6 +118,14 @@ class ProcResult:
         return json.loads(self.stdout)
 
 
+TIME_BIN: Final = Path("/usr/bin/time")
+_TIME_FIELDS: Final = {
+    "Maximum resident set size (kbytes)": "max_rss_kib",
+    "User time (seconds)": "user_s",
+    "System time (seconds)": "sys_s",
+}
+
+
 def run_measured(
     args: Sequence[str],
     *,
@@ -125,13 +133,21 @@ def run_measured(
     cwd: Path = REPO,
     timeout: float = 1800,
 ) -> ProcResult:
-    """Run a child to completion; wall time from spawn to exit, peak RSS and CPU from wait4's rusage.
+    """Run a child to completion: wall time from spawn to exit, peak RSS and CPU time.
 
+    Peak RSS comes from `/usr/bin/time -v` when present. The fallback, wait4's ru_maxrss, over-reports:
+    subprocess starts the child with vfork, and Linux carries the parent's RSS high-water mark across
+    exec, so a parent that holds a big mailbox snapshot would inflate the child's figure.
     Output goes to temporary files (not pipes), so a large --json document cannot block the child.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r", suffix=".time") as report,
+    ):
+        wrapped = [str(TIME_BIN), "-v", "-o", report.name, *args] if TIME_BIN.exists() else list(args)
         started = time.perf_counter()
-        proc = subprocess.Popen(list(args), cwd=cwd, env=dict(env), stdout=out, stderr=err)
+        proc = subprocess.Popen(wrapped, cwd=cwd, env=dict(env), stdout=out, stderr=err)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
         try:
@@ -140,15 +156,20 @@ def run_measured(
             timer.cancel()
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen from waiting again
+        measured = {"max_rss_kib": float(usage.ru_maxrss), "user_s": usage.ru_utime, "sys_s": usage.ru_stime}
+        for line in report.read().splitlines():
+            name, _, value = line.strip().rpartition(": ")
+            if name in _TIME_FIELDS:
+                measured[_TIME_FIELDS[name]] = float(value)
         out.seek(0)
         err.seek(0)
         return ProcResult(
             args=list(args),
             returncode=proc.returncode,
             wall_s=wall,
-            max_rss_mib=usage.ru_maxrss / 1024,  # Linux: KiB
-            user_s=usage.ru_utime,
-            sys_s=usage.ru_stime,
+            max_rss_mib=measured["max_rss_kib"] / 1024,
+            user_s=measured["user_s"],
+            sys_s=measured["sys_s"],
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
         )

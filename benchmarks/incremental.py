@@ -1,2 +1,227 @@
-def run(quick: bool = False) -> dict:
-    return {}
+"""Incremental cost: an N-mailbox tenant, already compliant, gains 1,000 new mailboxes.
+
+For N = 10,000, 100,000 and 1,000,000: seed N mailboxes all in the desired state (True), run a full enforce
+reconcile once (it only lists, and stores the watermark), add 1,000 new mailboxes through the emulator's control
+API (every type, SMTP AUTH null or False, a fifth of them late-provisioned: created years ago, mailbox created
+now), clear the call log and run the incremental sweep (`sweep --mode enforce --json`). It lists only mailboxes
+changed since the watermark minus the 10-minute overlap.
+
+Exchange calls are compared with a typical runbook (list everything, one Set-CASMailbox per new mailbox):
+ceil(N/1000) + new; with CIPP's approach (list everything, $batch of 10): ceil(N/1000) + ceil(new/10); and with
+the target: ceil(new/1000) + ceil(new/10) + 3.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from devservices.azurite import Azurite
+
+from .harness import (
+    EmulatorOptions,
+    EmulatorProcess,
+    app_env,
+    cli,
+    count_calls,
+    cpu_seconds,
+    init_store,
+    log,
+    peak_rss_mib,
+    sweep_duration_s,
+    table,
+    write_artifact,
+)
+
+SIZES: Final = (10_000, 100_000, 1_000_000)
+NEW: Final = 1_000
+QUICK_SIZES: Final = (5_000,)
+QUICK_NEW: Final = 100
+LATENCY_MS: Final = 30.0
+CONCURRENCY: Final = 4
+PAGE: Final = 1000
+BATCH: Final = 10
+# (type, share of the new mailboxes); SMTP AUTH alternates null / False, so every new mailbox needs a change.
+NEW_MIX: Final = (("UserMailbox", 0.7), ("SharedMailbox", 0.15), ("RoomMailbox", 0.1), ("EquipmentMailbox", 0.05))
+LATE_EVERY: Final = 5  # every 5th new mailbox is late-provisioned (old user, mailbox created now)
+
+
+def runbook_calls(n: int, new: int) -> int:
+    return math.ceil(n / PAGE) + new
+
+
+def cipp_calls(n: int, new: int) -> int:
+    return math.ceil(n / PAGE) + math.ceil(new / BATCH)
+
+
+def target_calls(new: int) -> int:
+    return math.ceil(new / PAGE) + math.ceil(new / BATCH) + 3
+
+
+def new_mailbox_specs(count: int, now: datetime) -> list[dict[str, Any]]:
+    kinds = [kind for kind, share in NEW_MIX for _ in range(round(share * 20))]
+    specs = []
+    for i in range(count):
+        spec: dict[str, Any] = {
+            "address": f"bench-new-{i:05d}",
+            "type": kinds[i % len(kinds)],
+            "smtp": None if i % 2 == 0 else False,
+        }
+        if i % LATE_EVERY == 0:
+            spec["when_created"] = (now - timedelta(days=3 * 365 + i % 365)).isoformat()
+            spec["when_mailbox_created"] = now.isoformat()
+        specs.append(spec)
+    return specs
+
+
+def _one(n: int, new: int) -> dict[str, Any]:
+    options = EmulatorOptions(
+        mailboxes=n, latency_ms=LATENCY_MS, concurrency_limit=CONCURRENCY, disabled_true=1.0, disabled_none=0.0
+    )
+    print(f"\n-- N = {n:,} mailboxes (all compliant), {new:,} new")
+    with Azurite() as azurite, EmulatorProcess(options) as emulator:
+        log(f"emulator seeded {n:,} mailboxes in {emulator.startup_s:.1f}s")
+        env = app_env(emulator.env, azurite.connection_string, EXCHANGE_CONCURRENCY=str(CONCURRENCY))
+        init_store(env)
+
+        log("sweep --full --mode enforce --json (sets the watermark; every mailbox is compliant, so it only lists)")
+        emulator.clear_calls()
+        full = cli(["sweep", "--full", "--mode", "enforce", "--json"], env)
+        if full.returncode != 0:
+            raise RuntimeError(f"full sweep exited {full.returncode}: {full.stderr.strip()[-800:]}")
+        full_summary = full.json()
+        full_calls = count_calls(emulator.calls())
+        log(f"  full: {full.wall_s:.1f}s wall, {full.max_rss_mib:.1f} MiB, {full_calls.exchange_calls} calls")
+
+        started = time.perf_counter()
+        created = [emulator.add_mailbox(spec) for spec in new_mailbox_specs(new, datetime.now(UTC))]
+        new_guids = {m["guid"] for m in created}
+        log(f"added {len(created):,} mailboxes through the control API in {time.perf_counter() - started:.1f}s")
+
+        emulator.clear_calls()
+        emu_cpu = cpu_seconds(emulator.pid)
+        log("sweep --mode enforce --json (incremental)")
+        inc = cli(["sweep", "--mode", "enforce", "--json"], env)
+        emu_cpu = cpu_seconds(emulator.pid) - emu_cpu
+        if inc.returncode != 0:
+            raise RuntimeError(f"incremental sweep exited {inc.returncode}: {inc.stderr.strip()[-800:]}")
+        summary = inc.json()
+        entries = emulator.calls()
+        calls = count_calls(entries)
+        fixed_by_calls = {
+            str(e.get("identity"))
+            for e in entries
+            if e.get("kind") == "batch_item" and e.get("status") == 200 and e.get("identity") in new_guids
+        }
+        started = time.perf_counter()
+        state = {m["guid"]: m["smtp"] for m in emulator.mailboxes()}
+        log(f"read back {len(state):,} mailboxes in {time.perf_counter() - started:.1f}s")
+        emulator_peak = peak_rss_mib(emulator.pid)
+
+    fixed = sum(1 for g in new_guids if state.get(g) is True)
+    not_desired = sum(1 for v in state.values() if v is not True)
+    row = {
+        "n": n,
+        "new": new,
+        "emulator_startup_s": round(emulator.startup_s, 1),
+        "full_wall_s": round(full.wall_s, 2),
+        "full_in_run_s": sweep_duration_s(full_summary),
+        "full_peak_rss_mib": round(full.max_rss_mib, 1),
+        "full_calls": full_calls.json(),
+        "full_scanned": full_summary.get("scanned"),
+        "incremental_full_flag": summary.get("full"),
+        "outcome": summary.get("outcome"),
+        "scanned": summary.get("scanned"),
+        "planned": summary.get("planned"),
+        "applied": summary.get("applied"),
+        "calls": calls.json(),
+        "exchange_calls": calls.exchange_calls,
+        "wall_s": round(inc.wall_s, 2),
+        "in_run_s": sweep_duration_s(summary),
+        "peak_rss_mib": round(inc.max_rss_mib, 1),
+        "emulator_cpu_s": round(emu_cpu, 2),
+        "emulator_peak_rss_mib": round(emulator_peak, 1),
+        "new_fixed_in_final_state": fixed,
+        "new_fixed_per_call_log": len(fixed_by_calls),
+        "all_new_fixed": fixed == new and len(fixed_by_calls) == new,
+        "tenant_not_desired_after": not_desired,
+        "runbook_calls": runbook_calls(n, new),
+        "cipp_calls": cipp_calls(n, new),
+        "target_calls": target_calls(new),
+        "target_met": calls.exchange_calls <= target_calls(new),
+    }
+    log(
+        f"  incremental: {calls.exchange_calls} calls (target {row['target_calls']}), {inc.wall_s:.1f}s wall, "
+        f"{inc.max_rss_mib:.1f} MiB, fixed {fixed}/{new}"
+    )
+    return row
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    sizes, new = (QUICK_SIZES, QUICK_NEW) if quick else (SIZES, NEW)
+    print(f"\n== incremental cost: {new:,} new mailboxes in tenants of {', '.join(f'{n:,}' for n in sizes)}")
+    rows = [_one(n, new) for n in sizes]
+    print()
+    print(
+        table(
+            [
+                "N",
+                "listed",
+                "pages",
+                "batches",
+                "Exchange calls",
+                "target",
+                "runbook",
+                "CIPP",
+                "wall s",
+                "in-run s",
+                "peak RSS MiB",
+                "new fixed",
+            ],
+            [
+                [
+                    r["n"],
+                    r["scanned"],
+                    r["calls"]["pages"],
+                    r["calls"]["batches"],
+                    r["exchange_calls"],
+                    r["target_calls"],
+                    r["runbook_calls"],
+                    r["cipp_calls"],
+                    r["wall_s"],
+                    round(r["in_run_s"] or 0, 2),
+                    r["peak_rss_mib"],
+                    f"{r['new_fixed_in_final_state']}/{r['new']}",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print("\nthe full reconcile that set each watermark (all compliant: listing only):")
+    print(
+        table(
+            ["N", "emulator seed s", "full wall s", "full in-run s", "full calls", "full peak RSS MiB"],
+            [
+                [
+                    r["n"],
+                    r["emulator_startup_s"],
+                    r["full_wall_s"],
+                    round(r["full_in_run_s"] or 0, 2),
+                    r["full_calls"]["exchange_calls"],
+                    r["full_peak_rss_mib"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    result = {
+        "benchmark": "incremental",
+        "quick": quick,
+        "parameters": {"sizes": list(sizes), "new": new, "latency_ms": LATENCY_MS, "concurrency": CONCURRENCY},
+        "runs": rows,
+    }
+    path = write_artifact("incremental-quick" if quick else "incremental", result)
+    print(f"written {path}")
+    return result

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -346,8 +347,21 @@ class IndexedFunction:
         return inspect.iscoroutinefunction(self.user_function)
 
 
+_INDEXED: weakref.WeakKeyDictionary[func.FunctionApp, list[IndexedFunction]] = weakref.WeakKeyDictionary()
+
+
 def index_functions(app: func.FunctionApp) -> list[IndexedFunction]:
-    """Read each function's trigger binding, as the host does when it indexes the app."""
+    """Each function's trigger binding, as the host reads it when it indexes the app.
+
+    Cached per app: azure-functions refuses a second `get_functions()` on the same app (it sees
+    every name twice), and tests, the demo and this host share one imported function_app.
+    """
+    if app not in _INDEXED:
+        _INDEXED[app] = _index(app)
+    return _INDEXED[app]
+
+
+def _index(app: func.FunctionApp) -> list[IndexedFunction]:
     indexed = []
     for function in app.get_functions():
         name = function.get_function_name()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -223,15 +222,10 @@ async def test_over_cap_plan_waits_for_confirmation(
     assert replay.outcome is RunOutcome.REFUSED and "already applied" in replay.message
 
 
-@functools.cache
-def _indexed_functions() -> dict[str, Any]:
-    import function_app  # get_functions() indexes once per app, as the host does
-
-    return {f.get_function_name(): f for f in function_app.app.get_functions()}
-
-
 def _timer_function(name: str):  # type: ignore[no-untyped-def]
-    return _indexed_functions()[name].get_user_function()
+    from tests.workflow_support import function
+
+    return function(name)
 
 
 async def test_timer_runs_the_engine(emulator: EmulatorServer, store: Store, storage: str) -> None:

@@ -4,7 +4,6 @@ calling the app's own HTTP functions (the same function objects the Functions ho
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import re
 from dataclasses import dataclass
@@ -60,15 +59,12 @@ def principal_header(mailbox: Mailbox) -> str:
     return base64.b64encode(json.dumps(payload).encode()).decode()
 
 
-@functools.cache
-def _functions() -> dict[str, Any]:
-    import function_app
-
-    return {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
-
-
 def function(name: str) -> Any:
-    return _functions()[name]
+    """The user function the host would run (indexed once per process, shared with the local host)."""
+    import function_app
+    from devservices.localhost import index_functions
+
+    return next(f.user_function for f in index_functions(function_app.app) if f.name == name)
 
 
 @dataclass
