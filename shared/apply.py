@@ -1,4 +1,13 @@
-"""The applier: sends a plan's changes to Exchange in $batch calls of 10, a few batches at a time."""
+"""The applier: sends a plan's changes to Exchange in $batch calls of 10, a few batches at a time.
+
+Each applied batch is handed to one audit writer, which appends the rows in table transactions of
+up to 100, at most AUDIT_MAX_DELAY after the first of them landed. Workers do not wait for the write:
+a table transaction per batch of 10 costs more CPU (multipart encoding) than the Exchange call it
+records and nearly doubled a 100,000-mailbox run. So at any moment at most 100 rows, or half a
+second of changes, are applied and not yet recorded; a crash in that window loses those rows (the
+mailboxes are in their desired state, and the run has no summary row). If the audit write fails, no
+new batch starts.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,10 @@ from shared.reconcile import Change
 # Stop starting batches once this many changes failed and failures outnumber successes: a persistent
 # failure (missing RBAC, a broken endpoint) should not be repeated against the whole plan.
 FAILURE_LIMIT: Final = 50
+AUDIT_ROWS_PER_WRITE: Final = 100  # a table transaction holds at most 100 entities
+AUDIT_MAX_DELAY: Final = 0.5  # seconds a landed change may wait for its audit row
+AUDIT_POLL: Final = 0.02
+AUDIT_QUEUE_BATCHES: Final = 20  # workers wait when this many applied batches are not yet written
 
 
 @dataclass(slots=True)
@@ -35,17 +48,18 @@ async def apply_changes(
     on_applied: Callable[[list[Change]], Awaitable[None]],
     on_progress: Callable[[ApplyResult, int], None] | None = None,
 ) -> ApplyResult:
-    """Apply `changes`; record each applied batch through `on_applied` before starting more.
+    """Apply `changes`, recording applied ones through `on_applied` (the audit write).
 
     No new batch starts after `deadline` (time.monotonic()); what is left is returned as not started,
-    and the next run plans it again. An exception from `on_applied` (the audit write) stops new
-    batches, lets those in flight finish and is returned in `error`.
+    and the next run plans it again. An exception from `on_applied` stops new batches, lets those in
+    flight finish and is returned in `error`; everything applied is in `applied` either way.
     """
     batches = [list(changes[i : i + BATCH_LIMIT]) for i in range(0, len(changes), BATCH_LIMIT)]
     result = ApplyResult()
-    queue: asyncio.Queue[list[Change]] = asyncio.Queue()
+    work: asyncio.Queue[list[Change]] = asyncio.Queue()
     for batch in batches:
-        queue.put_nowait(batch)
+        work.put_nowait(batch)
+    unrecorded: asyncio.Queue[list[Change] | None] = asyncio.Queue(maxsize=AUDIT_QUEUE_BATCHES)
 
     def should_stop() -> str:
         if result.error is not None:
@@ -57,12 +71,12 @@ async def apply_changes(
         return ""
 
     async def worker() -> None:
-        while not queue.empty():
+        while not work.empty():
             reason = should_stop()
             if reason:
                 result.stopped_by = result.stopped_by or reason
                 return
-            batch = queue.get_nowait()
+            batch = work.get_nowait()
             try:
                 outcomes = await exchange.set_smtp_auth_disabled_batch([(c.guid, c.after) for c in batch])
             except ExchangeError as err:
@@ -72,15 +86,45 @@ async def apply_changes(
             result.failed.extend((c, str(o.error)) for c, o in zip(batch, outcomes, strict=True) if not o.ok)
             if done:
                 result.applied.extend(done)
-                try:
-                    await on_applied(done)
-                except Exception as err:
-                    result.error = err
-                    return
+                await unrecorded.put(done)
             if on_progress is not None:
                 on_progress(result, len(changes))
 
+    async def audit_writer() -> None:
+        finished = False
+        while not finished:
+            rows = await unrecorded.get()
+            if rows is None:
+                return
+            flush_at = time.monotonic() + AUDIT_MAX_DELAY
+            while len(rows) < AUDIT_ROWS_PER_WRITE and not finished:
+                while not unrecorded.empty() and len(rows) < AUDIT_ROWS_PER_WRITE:
+                    more = unrecorded.get_nowait()
+                    if more is None:
+                        finished = True
+                        break
+                    rows.extend(more)
+                if finished or len(rows) >= AUDIT_ROWS_PER_WRITE or time.monotonic() >= flush_at:
+                    break
+                await asyncio.sleep(AUDIT_POLL)  # polling, not wait_for: a cancelled get() could drop rows
+            try:
+                await on_applied(rows)
+            except Exception as err:
+                result.error = err
+                _drain(unrecorded)
+                return
+
+    writer = asyncio.create_task(audit_writer())
     await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(batches))))))
-    while not queue.empty():
-        result.not_started.extend(queue.get_nowait())
+    if not writer.done():
+        await unrecorded.put(None)
+    await writer
+    while not work.empty():
+        result.not_started.extend(work.get_nowait())
     return result
+
+
+def _drain(queue: asyncio.Queue[list[Change] | None]) -> None:
+    """After a failed write, let workers blocked on a full queue go on (they then stop)."""
+    while not queue.empty():
+        queue.get_nowait()

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any, TextIO
@@ -158,7 +158,7 @@ async def _sweep(
     )
     summary = await run_sweep(settings, request, credential=credential, progress=_progress(err))
     if args.json:
-        json.dump(summary_json(summary), out, indent=2, default=str)
+        json.dump(summary_json(summary), out, indent=2, default=str)  # streamed: plans can be large
         out.write("\n")
     else:
         _print_summary(summary, out)
@@ -168,7 +168,9 @@ async def _sweep(
 
 
 def summary_json(summary: RunSummary) -> dict[str, Any]:
-    data = asdict(summary)
+    # Not asdict(summary): it would deep-copy every planned change before they are rewritten below.
+    data = {f.name: getattr(summary, f.name) for f in fields(summary) if f.name != "changes"}
+    data["actor"] = asdict(summary.actor) if summary.actor else None
     data["changes"] = [
         {**c.to_json(), "before": tri_state(c.before), "after": tri_state(c.after)} for c in summary.changes
     ]

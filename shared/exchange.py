@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 USER_AGENT: Final = "smtp-auth-guard/0.1"
 BATCH_LIMIT: Final = 10  # the endpoint refuses more sub-requests per $batch
 PAGE_SIZE: Final = 1000
-CAS_SELECT: Final = ("Guid", "PrimarySmtpAddress", "SmtpClientAuthenticationDisabled", "WhenChangedUTC")
+CAS_SELECT: Final = ("Guid", "PrimarySmtpAddress", "SmtpClientAuthenticationDisabled")
 # Throttled or failing sub-requests of a $batch are invisible to the pipeline; this bounds their re-sends.
 BATCH_ITEM_ATTEMPTS: Final = 6
 _TRANSIENT: Final = frozenset({408, 429, 500, 502, 503, 504})
