@@ -29,7 +29,7 @@ import sys
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -549,8 +549,10 @@ class LocalHost:
         tenant_id: str | None = None,
         route_prefix: str | None = None,
         access_log: bool = False,
+        on_stop: Sequence[Callable[[], Awaitable[Any]]] = (),
     ) -> None:
         self._app = app
+        self._on_stop = tuple(on_stop)  # run on the host's loop before it closes, e.g. to close clients
         self.host = host
         self.port = port
         self.easy_auth = EasyAuth(users=users, users_url=users_url, anonymous=tuple(anonymous), tenant_id=tenant_id)
@@ -691,6 +693,9 @@ class LocalHost:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        for hook in self._on_stop:
+            with contextlib.suppress(Exception):
+                await hook()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

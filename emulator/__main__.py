@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 
 from .faults import Faults
 from .server import EmulatorServer
@@ -27,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=42, help="seed for the generated mailboxes")
     p.add_argument("--tenant-id", default=DEFAULT_TENANT_ID)
     p.add_argument("--ca-file", default=".artifacts/emulator-ca.pem")
+    p.add_argument(
+        "--seed-age-minutes",
+        type=float,
+        default=0.0,
+        help="seed the tenant as it was this long ago, so no seeded change is more recent",
+    )
     p.add_argument("--disabled-true", type=float, default=0.6)
     p.add_argument("--disabled-none", type=float, default=0.25)
     p.add_argument("--org-smtp-disabled", choices=("true", "false"), default="true")
@@ -51,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
     tenant = Tenant(args.tenant_id)
     tenant.org_smtp_client_authentication_disabled = args.org_smtp_disabled == "true"
-    tenant.seed(args.mailboxes, rng_seed=args.seed, disabled_true=args.disabled_true, disabled_none=args.disabled_none)
+    tenant.seed(
+        args.mailboxes,
+        rng_seed=args.seed,
+        now=datetime.now(UTC) - timedelta(minutes=args.seed_age_minutes),
+        disabled_true=args.disabled_true,
+        disabled_none=args.disabled_none,
+    )
     tenant.premium = not args.no_premium
     tenant.security_defaults = args.security_defaults
     if args.block_legacy_auth:

@@ -20,7 +20,6 @@ ensure_ca(SESSION_CA_PATH)
 os.environ["SSL_CERT_FILE"] = str(SESSION_CA_PATH)
 os.environ["REQUESTS_CA_BUNDLE"] = str(SESSION_CA_PATH)
 
-import asyncio  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
@@ -32,6 +31,7 @@ from azure.data.tables.aio import TableServiceClient  # noqa: E402
 from devservices.azurite import Azurite, AzuriteError  # noqa: E402
 from emulator.server import EmulatorServer  # noqa: E402
 from emulator.tenant import Tenant  # noqa: E402
+from tests.workflow_support import run_async  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,7 +58,7 @@ async def _drop_tables(connection_string: str) -> None:
 @pytest.fixture
 def storage(azurite: str) -> str:
     """An empty storage account for this test (every table dropped first)."""
-    asyncio.run(_drop_tables(azurite))
+    run_async(_drop_tables(azurite))
     return azurite
 
 
@@ -137,3 +137,9 @@ async def store(app_env: dict[str, str]) -> AsyncIterator[object]:
     async with Store.from_config(settings.storage, credential) as s:
         yield s
     await credential.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main thread for the
+    rest of the session, and the async tests need that thread's loop slot free."""
+    items.sort(key=lambda item: item.path.name == "test_browser.py")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 from azure.data.tables.aio import TableServiceClient
 
 from emulator.server import EmulatorServer
+from tests.workflow_support import run_async
 
 
 async def _tables(connection_string: str) -> dict[str, int]:
@@ -22,7 +22,7 @@ async def _tables(connection_string: str) -> dict[str, int]:
 
 
 def tables(connection_string: str) -> dict[str, int]:
-    return asyncio.run(_tables(connection_string))
+    return run_async(_tables(connection_string))
 
 
 def test_init_is_idempotent(cli, storage: str, emulator: EmulatorServer) -> None:

@@ -3,11 +3,14 @@ calling the app's own HTTP functions (the same function objects the Functions ho
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import azure.functions as func
@@ -15,6 +18,14 @@ import azure.functions as func
 from emulator.tenant import Mailbox, Tenant
 
 PUBLIC_BASE_URL = "http://localhost:7071"
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even where a loop already runs in this thread
+    (Playwright's sync API keeps one running)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @dataclass

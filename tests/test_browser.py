@@ -1,0 +1,163 @@
+"""End to end in a real browser: Chromium from Debian's packages, driven by pytest-playwright, against the
+local host (which plays App Service and Easy Auth), Azurite and the tenant emulator.
+
+A requester and an approver use two browser contexts; the approval link comes from the emulator's
+mail outbox. Screenshots are saved in .artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devservices.azurite import free_port
+from devservices.localhost import LocalHost
+from emulator.server import EmulatorServer
+from tests.workflow_support import People, add_people, approval_link, run_async
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / ".artifacts" / "screenshots"
+# Without the background-networking flags Chromium keeps calling home, which this closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `apt-get install -y chromium`", pytrace=False)
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture
+def site(
+    app_env: dict[str, str], emulator: EmulatorServer, storage: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, People, LocalHost]]:
+    from shared.settings import load_settings
+    from shared.store import Store
+
+    people = add_people(emulator.tenant)
+    port = free_port()
+    base = f"http://localhost:{port}"
+    monkeypatch.setenv("PUBLIC_BASE_URL", base)
+    monkeypatch.setenv("NOTIFY_FROM", people.notify.primary_smtp_address)
+    monkeypatch.setenv("APPROVER_GROUP_ID", people.group_id)
+
+    async def install() -> None:
+        from shared.identity import build_credential
+
+        credential = build_credential()
+        async with Store.from_config(load_settings().storage, credential) as store:
+            await store.initialise(emulator.tenant.tenant_id, "test")
+        await credential.close()
+
+    run_async(install())
+    from shared.clients import close_all
+
+    host = LocalHost(
+        port=port,
+        users_url=f"{emulator.base_url}/_emulator/users",
+        tenant_id=emulator.tenant.tenant_id,
+        on_stop=[close_all],
+    )
+    host.start()
+    try:
+        yield base, people, host
+    finally:
+        host.stop()
+
+
+def sign_in(page: Any, user_id: str) -> None:
+    """The local host's Easy Auth sign-in page: pick an emulator user."""
+    page.get_by_label("Sign in as").select_option(user_id)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_request_and_approve_in_two_browsers(
+    site: tuple[str, People, LocalHost], browser: Any, emulator: EmulatorServer
+) -> None:
+    base, people, host = site
+    tenant = emulator.tenant
+
+    requester = browser.new_context()
+    page = requester.new_page()
+    page.goto(f"{base}/api/exceptions/new")
+    sign_in(page, people.requester.external_directory_object_id)
+    page.wait_for_url(f"{base}/api/exceptions/new")
+    assert page.get_by_label("Mailbox that sends").input_value() == people.requester.primary_smtp_address
+    shot(page, "01-request-form")
+
+    page.get_by_label("Mailbox that sends").fill(people.printer.primary_smtp_address)
+    page.get_by_label("What sends the mail").select_option("mfp")
+    page.get_by_label("Vendor and model, or app name").fill("Ricoh IM C3000")
+    page.get_by_label("Why the alternatives don't fit").select_option("no-oauth-support")
+    page.get_by_label("Details").fill("No OAuth in this firmware; replacement due in Q2.")
+    page.get_by_label("Days needed").fill("0")  # first a mistake: shown inline, nothing stored
+    page.get_by_label("Business owner's email").fill(people.requester.primary_smtp_address)
+    page.get_by_label("Contact").fill("Facilities, ext. 4411")
+    page.get_by_role("button", name="Submit request").click()
+    assert page.locator("#days-error").is_visible()
+    shot(page, "02-inline-error")
+    page.get_by_label("Days needed").fill("30")
+    page.get_by_role("button", name="Submit request").click()
+    page.wait_for_url(f"{base}/api/exceptions/*")
+    assert "pending" in page.content()
+    request_id = page.url.rsplit("/", 1)[1]
+    shot(page, "03-request-pending")
+
+    host.fire("send_notifications")  # the outbox timer, fired on demand
+    link = approval_link(tenant, request_id)
+
+    approver = browser.new_context()
+    approval = approver.new_page()
+    approval.goto(f"{base}{link}")
+    sign_in(approval, people.approver.external_directory_object_id)
+    approval.wait_for_url(f"{base}/api/approvals/**")
+    assert "Opening this page changes nothing" in approval.content()
+    assert tenant.find(people.printer.guid).smtp_client_authentication_disabled is True
+    shot(approval, "04-approval-page")
+
+    approval.get_by_label("Days to grant").fill("14")
+    approval.get_by_role("button", name="Approve").click()
+    approval.wait_for_load_state()
+    assert "approved" in approval.content()
+    shot(approval, "05-approved")
+
+    assert tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
+    host.fire("send_notifications")
+    assert "approved" in tenant.sent_mail[-1]["subject"]
+
+    async def audit_rows() -> list[dict[str, Any]]:
+        from shared.identity import build_credential
+        from shared.settings import load_settings
+        from shared.store import Store
+
+        credential = build_credential()
+        async with Store.from_config(load_settings().storage, credential) as store:
+            rows = await store.list_audit(f"approval-{request_id}")
+        await credential.close()
+        return rows
+
+    rows = run_async(audit_rows())
+    assert [(r["MailboxAddress"], r["After"], r["Actor"]) for r in rows] == [
+        (people.printer.primary_smtp_address, "false", people.approver.external_directory_object_id)
+    ]
+    page.reload()
+    assert "approved" in page.content()
+    requester.close()
+    approver.close()
