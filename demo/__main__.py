@@ -1,22 +1,38 @@
-"""Run the real CLI against Azurite and the local tenant emulator, and show what it does.
+"""Run the real CLI against Azurite and the local tenant emulator, and show what it does; then the
+request and approval workflow on the local host. `python -m demo --serve` keeps everything running
+afterwards so that you can click through it in a browser.
 
-Everything stays on 127.0.0.1; both services stop when the demo ends, whatever happens.
+Everything stays on 127.0.0.1; every service stops when the demo ends, whatever happens.
 """
 
 from __future__ import annotations
 
+# The app's HTTP clients (aiohttp) read SSL_CERT_FILE once, at import: trust the emulator's CA first.
 import os
-import subprocess
-import sys
-from collections import Counter
 from pathlib import Path
 
-from devservices.azurite import Azurite
-from emulator.server import EmulatorServer
-from emulator.tenant import Tenant
+from emulator.certs import ensure_ca
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / ".artifacts" / "demo"
+CA_PATH = ARTIFACTS / "emulator-ca.pem"
+ensure_ca(CA_PATH)
+os.environ["SSL_CERT_FILE"] = str(CA_PATH)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from collections import Counter  # noqa: E402
+
+from demo.workflow import request_and_approve  # noqa: E402
+from devservices.azurite import Azurite, free_port  # noqa: E402
+from devservices.localhost import LocalHost  # noqa: E402
+from emulator.server import EmulatorServer  # noqa: E402
+from emulator.tenant import Tenant  # noqa: E402
+
 PRINTER = "scanner-floor2"
 
 
@@ -35,11 +51,18 @@ def tally(tenant: Tenant) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help="keep the local host running until Ctrl+C")
+    args = parser.parse_args()
     tenant = Tenant()
     tenant.seed(40)
     printer = tenant.add_mailbox(PRINTER, type="SharedMailbox", smtp=False, display_name="Scanner floor 2")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with Azurite() as azurite, EmulatorServer(tenant, ca_path=ARTIFACTS / "emulator-ca.pem") as emulator:
+    copier = tenant.add_mailbox("copier-lobby", type="SharedMailbox", smtp=True, display_name="Copier lobby")
+    requester = tenant.add_mailbox("riley.requester", smtp=True, display_name="Riley Requester")
+    approver = tenant.add_mailbox("avery.approver", smtp=True, display_name="Avery Approver")
+    notify = tenant.add_mailbox("smtp-guard", type="SharedMailbox", smtp=True, display_name="SMTP AUTH Guard")
+    group = tenant.add_group("SMTP AUTH approvers", [approver.external_directory_object_id])
+    with Azurite() as azurite, EmulatorServer(tenant, ca_path=CA_PATH, reuse_ca=True) as emulator:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", str(ARTIFACTS)),
@@ -76,11 +99,11 @@ def main() -> int:
             ("4. Enforce: apply the plan, in $batch calls of 10", ("sweep", "--full", "--mode", "enforce")),
             ("5. Run again: nothing left to change (idempotent)", ("sweep", "--full", "--mode", "enforce")),
         ]
-        for title, args in steps:
+        for title, command in steps:
             banner(title)
             if title.startswith("2."):
                 print(f"(before) {tally(tenant)}")
-            code = cli(env, *args)
+            code = cli(env, *command)
             if code != 0:
                 print(f"demo stopped: the command exited {code}", file=sys.stderr)
                 return code
@@ -92,7 +115,39 @@ def main() -> int:
         print(f"Organisation flag untouched: {tenant.org_smtp_client_authentication_disabled}")
         sets = emulator.calllog.count(cmdlet="Set-CASMailbox", kind="batch_item")
         print(f"Exchange calls: {len(emulator.calllog)} logged, {sets} Set-CASMailbox sub-requests")
+
+        port = free_port()
+        os.environ.update(env)
+        os.environ.update(
+            PUBLIC_BASE_URL=f"http://localhost:{port}",
+            NOTIFY_FROM=notify.primary_smtp_address,
+            APPROVER_GROUP_ID=group,
+        )
+        from shared.clients import close_all
+
+        with LocalHost(
+            port=port,
+            users_url=f"{emulator.base_url}/_emulator/users",
+            tenant_id=tenant.tenant_id,
+            on_stop=[close_all],
+        ) as host:
+            banner(f"6. The request and approval workflow on the local host ({os.environ['PUBLIC_BASE_URL']})")
+            asyncio.run(request_and_approve(host, tenant, requester, approver, copier))
+            if args.serve:
+                serve(host)
     return 0
+
+
+def serve(host: LocalHost) -> None:
+    banner("Serving: open these in a browser (Ctrl+C stops everything)")
+    print(f"  request form:   http://localhost:{host.port}/api/exceptions/new")
+    print("  sign in as:     riley.requester (requester) or avery.approver (approver)")
+    print(f"  send the outbox now: curl -X POST http://localhost:{host.port}/admin/functions/send_notifications")
+    print("  approval links arrive in the emulator's outbox: GET <emulator>/_emulator/mail")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Retries with Retry-After come from msgraph-core's middleware.
 from __future__ import annotations
 
 import base64
+import email.policy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,8 @@ from msgraph import GraphRequestAdapter, GraphServiceClient
 from shared.errors import GuardError
 
 SMTP_CLIENT_APP = "Authenticated SMTP"
+# CRLF as RFC 5322 wants; long lines allowed so a subject with an address is not folded mid-header.
+MIME_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 class GraphError(GuardError):
@@ -119,7 +122,7 @@ class GraphClient:
         from kiota_abstractions.request_information import RequestInformation
         from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
-        mime = EmailMessage()
+        mime = EmailMessage(policy=MIME_POLICY)
         mime["From"] = sender
         mime["To"] = ", ".join(to)
         mime["Subject"] = subject
