@@ -45,6 +45,10 @@ class Azurite:
         self._workdir: Path | None = None
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
     def connection_string(self) -> str:
         return table_connection_string(self.port)
 

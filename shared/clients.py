@@ -4,8 +4,9 @@ are reused across invocations (the Functions worker keeps its process and loop b
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 from azure.core.credentials_async import AsyncTokenCredential
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from shared.graph import GraphClient
 
 
+# The install marker is checked again after this long; between checks, a verified store stays trusted.
+MARKER_RECHECK: Final = 300.0
+
+
 @dataclass(slots=True)
 class Clients:
     settings: WorkflowSettings
@@ -25,6 +30,14 @@ class Clients:
     store: Store
     exchange: ExchangeClient
     graph: GraphClient
+    marker_checked_at: float = field(default=-MARKER_RECHECK)
+
+    async def require_installed(self) -> None:
+        """The install marker check, at most every MARKER_RECHECK seconds per process and settings."""
+        if time.monotonic() - self.marker_checked_at < MARKER_RECHECK:
+            return
+        await self.store.require_marker(self.settings.base.tenant_id)
+        self.marker_checked_at = time.monotonic()
 
 
 _cache: dict[tuple[int, WorkflowSettings], Clients] = {}

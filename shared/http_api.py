@@ -67,7 +67,9 @@ def endpoint(handler: Handler) -> Callable[[func.HttpRequest], Awaitable[func.Ht
             principal = principal_from_headers(req.headers)
             if principal is None:
                 raise HttpError(401, "sign in first (App Service Authentication is required)")
-            return await handler(req, principal, await clients())
+            c = await clients()
+            await c.require_installed()  # never act on a store that is not this tenant's
+            return await handler(req, principal, c)
         except HttpError as err:
             return _error_response(req, err)
         except SettingsError as err:

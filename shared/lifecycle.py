@@ -33,7 +33,7 @@ class LifecycleReport:
 async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleReport:
     now = now or now_utc()
     report = LifecycleReport()
-    await c.store.require_marker(c.settings.base.tenant_id)
+    await c.require_installed()
     records = await c.store.list_exceptions()
     workflow_ids = {r.id for r in await c.store.query_requests("Status eq @s", {"s": RequestStatus.APPROVED.value})}
     for record in records:

@@ -45,6 +45,7 @@ def retry_delay(attempts: int) -> timedelta:
 
 async def send_due(c: Clients, now: datetime | None = None) -> SendReport:
     now = now or now_utc()
+    await c.require_installed()
     sent = failed = skipped = 0
     for item, etag in (await c.store.due_notifications(now))[:BATCH]:
         try:

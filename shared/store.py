@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from functools import cache
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar, get_type_hints
 
@@ -32,8 +33,8 @@ STATE_TABLE: Final = "SmtpGuardState"
 EXCEPTIONS_TABLE: Final = "SmtpGuardExceptions"
 PLANS_TABLE: Final = "SmtpGuardPlans"
 AUDIT_TABLE: Final = "SmtpGuardAudit"
-# Requests and their notification outbox share a partition (the request id), so a request and the
-# notification it owes are written in one transaction: neither is ever stored without the other.
+# Requests and their notification outbox share a partition (the request id), so a decision and the
+# notification it owes are written in one transaction.
 WORKFLOW_TABLE: Final = "SmtpGuardRequests"
 TABLES: Final = (STATE_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, AUDIT_TABLE, WORKFLOW_TABLE)
 SCHEMA_VERSION: Final = 1
@@ -323,13 +324,18 @@ class Store:
     # -- requests and outbox -------------------------------------------------------------------------
 
     async def create_request(self, request: ExceptionRequest, notify: Sequence[OutboxItem]) -> None:
+        """Store a new request, its notifications first.
+
+        Plain inserts, not a transaction: this runs on every submission, and a table transaction's
+        multipart encoding cost more CPU than the rest of the request. The order keeps the promise a
+        transaction would: a stored request always has its notifications. A submission that fails
+        half-way leaves at most a notification without a request, which the sender skips.
+        """
         table = self._table(WORKFLOW_TABLE)
         async with _storage_errors("store the request"):
-            await _submit(
-                table,
-                [("create", {**to_entity(request), "PartitionKey": request.id, "RowKey": "request"})]
-                + [("create", _outbox_entity(item)) for item in notify],
-            )
+            for item in notify:
+                await table.create_entity(_outbox_entity(item))
+            await table.create_entity({**to_entity(request), "PartitionKey": request.id, "RowKey": "request"})
 
     async def get_request(self, request_id: str) -> tuple[ExceptionRequest, str] | None:
         async with _storage_errors("read the request"):
@@ -345,6 +351,19 @@ class Store:
                 from_entity(ExceptionRequest, e)
                 async for e in self._table(WORKFLOW_TABLE).query_entities(
                     f"RowKey eq 'request' and ( {odata_filter} )", parameters=parameters
+                )
+            ]
+
+    async def request_keys(self, odata_filter: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Matching requests' id, mailbox, status, requester and creation time only: cheap checks on every
+        submission (a pending duplicate, the requester's daily rate) read no more than that."""
+        async with _storage_errors("read the requests"):
+            return [
+                dict(e)
+                async for e in self._table(WORKFLOW_TABLE).query_entities(
+                    f"RowKey eq 'request' and ( {odata_filter} )",
+                    parameters=parameters,
+                    select=["PartitionKey", "MailboxGuid", "Status", "RequesterId", "CreatedAt"],
                 )
             ]
 
@@ -493,8 +512,13 @@ def to_entity(record: Any) -> dict[str, Any]:
     return entity
 
 
+@cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
 def from_entity(cls: type[T], entity: dict[str, Any]) -> T:
-    hints = get_type_hints(cls)
+    hints = _type_hints(cls)
     values: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
         key = _pascal(f.name)

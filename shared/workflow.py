@@ -163,7 +163,6 @@ def _notification(partition: str, kind: NotificationKind, now: datetime, excepti
 
 async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
     settings = c.settings
-    await c.store.require_marker(settings.base.tenant_id)
     mailbox = await c.exchange.find_mailbox(draft.mailbox)
     if mailbox is None:
         raise HttpError(422, "that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
@@ -171,17 +170,25 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         previous = await c.store.get_exception(draft.renews)
         if previous is None or previous.mailbox_guid != mailbox.guid:
             raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
-    pending = await c.store.query_requests(
-        "MailboxGuid eq @guid and Status eq @pending",
-        {"guid": mailbox.guid, "pending": RequestStatus.PENDING.value},
+    # One query for both checks: a pending request for this mailbox, and the requester's last day.
+    related = await c.store.request_keys(
+        "( MailboxGuid eq @guid and Status eq @pending ) or ( RequesterId eq @who and CreatedAt ge @since )",
+        {
+            "guid": mailbox.guid,
+            "pending": RequestStatus.PENDING.value,
+            "who": principal.object_id,
+            "since": now - timedelta(days=1),
+        },
     )
+    pending = [r for r in related if r["MailboxGuid"] == mailbox.guid and r["Status"] == RequestStatus.PENDING]
     if pending:
-        raise HttpError(409, f"a request for {mailbox.address} is already pending", {"request_id": pending[0].id})
-    recent = await c.store.query_requests(
-        "RequesterId eq @who and CreatedAt ge @since",
-        {"who": principal.object_id, "since": now - timedelta(days=1)},
+        raise HttpError(
+            409, f"a request for {mailbox.address} is already pending", {"request_id": pending[0]["PartitionKey"]}
+        )
+    recent = sum(
+        1 for r in related if r["RequesterId"] == principal.object_id and r["CreatedAt"] >= now - timedelta(days=1)
     )
-    if len(recent) >= settings.request_rate_limit_per_day:
+    if recent >= settings.request_rate_limit_per_day:
         raise HttpError(429, f"at most {settings.request_rate_limit_per_day} requests a day: try again tomorrow")
     request = ExceptionRequest(
         id=str(uuid.uuid4()),

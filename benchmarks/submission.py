@@ -1,0 +1,254 @@
+"""Request submission: `POST /api/exceptions` (JSON) on the local host, 20 concurrent clients.
+
+The local host runs as its own process (`python -m devservices.localhost`), with Azurite and the tenant
+emulator as separate processes too. Each client is a different signed-in user (signed in through the
+host's Easy Auth form before the clock starts) and submits requests for mailboxes nobody else asks for,
+so every request is a real one: validated, its mailbox looked up in Exchange, duplicates and the
+requester's rate checked in Table Storage, and the request stored with its notification in one
+transaction. Mail is not sent: it goes through the outbox, which this does not run.
+
+Two emulated Exchange latencies: 0 ms (the app's own cost) and 30 ms with the tenant's concurrency
+limit of 4 (the same as the sweep benchmarks), where the mailbox lookup queues behind
+EXCHANGE_CONCURRENCY=4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import time
+from collections import Counter
+from typing import Any, Final
+
+import aiohttp
+
+from devservices.azurite import Azurite, free_port
+
+from .harness import (
+    ARTIFACTS,
+    PYTHON,
+    REPO,
+    EmulatorOptions,
+    EmulatorProcess,
+    app_env,
+    cpu_seconds,
+    init_store,
+    log,
+    peak_rss_mib,
+    table,
+    write_artifact,
+)
+
+CLIENTS: Final = 20
+PER_CLIENT: Final = 40
+WARMUP_PER_CLIENT: Final = 2
+QUICK_PER_CLIENT: Final = 5
+LATENCIES_MS: Final = (0.0, 30.0)
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the local host exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the local host did not start")
+
+
+async def _sign_in(http: aiohttp.ClientSession, base: str, user_id: str) -> str:
+    async with http.post(
+        f"{base}/.auth/login/aad",
+        data={"user_id": user_id, "post_login_redirect_uri": "/api/health"},
+        headers={"Origin": base},
+        allow_redirects=False,
+    ) as response:
+        cookie = response.cookies.get("AppServiceAuthSession")
+        if response.status != 302 or cookie is None:
+            raise RuntimeError(f"sign-in failed: HTTP {response.status}")
+        return f"AppServiceAuthSession={cookie.value}"
+
+
+def _body(mailbox: str, owner: str) -> dict[str, Any]:
+    return {
+        "mailbox": mailbox,
+        "sender_kind": "mfp",
+        "vendor": "Ricoh IM C3000",
+        "auth_method": "oauth",
+        "alternatives_reason": "no-oauth-support",
+        "alternatives_detail": "No OAuth in this firmware.",
+        "days": 30,
+        "owner": owner,
+        "contact": "Facilities",
+    }
+
+
+async def _load(
+    base: str,
+    cookies: list[str],
+    owners: list[str],
+    mailboxes: list[str],
+    per_client: int,
+) -> tuple[list[float], Counter[int], float]:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    queue = iter(mailboxes)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def client(cookie: str, owner: str) -> None:
+            for _ in range(per_client):
+                body = json.dumps(_body(next(queue), owner))
+                started = time.perf_counter()
+                async with http.post(
+                    f"{base}/api/exceptions",
+                    data=body,
+                    headers={"Cookie": cookie, "Content-Type": "application/json", "Accept": "application/json"},
+                ) as response:
+                    await response.read()
+                latencies.append(time.perf_counter() - started)
+                statuses[response.status] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c, o) for c, o in zip(cookies, owners, strict=True)))
+        wall = time.perf_counter() - started
+    return latencies, statuses, wall
+
+
+def _one(latency_ms: float, per_client: int) -> dict[str, Any]:
+    needed = CLIENTS * (per_client + WARMUP_PER_CLIENT)
+    options = EmulatorOptions(mailboxes=max(1000, needed + 100), latency_ms=latency_ms, concurrency_limit=4)
+    print(f"\n-- {CLIENTS} clients x {per_client} requests, Exchange latency {latency_ms:.0f} ms")
+    with Azurite() as azurite, EmulatorProcess(options) as emulator:
+        users = emulator.control("GET", "users")
+        mailboxes = [m["address"] for m in emulator.mailboxes()]
+        requesters = users[:CLIENTS]
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = app_env(
+            emulator.env,
+            azurite.connection_string,
+            PUBLIC_BASE_URL=base,
+            NOTIFY_FROM=mailboxes[0],
+            APPROVERS=users[-1]["id"],
+            REQUEST_RATE_LIMIT_PER_DAY="1000",  # one requester submits 42 here; the default is 10 a day
+        )
+        init_store(env)
+        host_log = (ARTIFACTS / "bench-submission-host.log").open("wb")  # a pipe nobody reads would fill up
+        host = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "devservices.localhost",
+                "--port",
+                str(port),
+                "--users-url",
+                f"{emulator.base_url}/_emulator/users",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=host_log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_for_port(port, host)
+
+            async def run() -> tuple[list[float], Counter[int], float, list[float], Counter[int]]:
+                async with aiohttp.ClientSession() as http:
+                    cookies = [await _sign_in(http, base, u["id"]) for u in requesters]
+                owners = [u["userPrincipalName"] for u in requesters]
+                targets = mailboxes[1:]
+                warm = targets[: CLIENTS * WARMUP_PER_CLIENT]
+                rest = targets[CLIENTS * WARMUP_PER_CLIENT :]
+                warm_lat, warm_status, _ = await _load(base, cookies, owners, warm, WARMUP_PER_CLIENT)
+                latencies, statuses, wall = await _load(base, cookies, owners, rest, per_client)
+                return latencies, statuses, wall, warm_lat, warm_status
+
+            log("signing in the clients, warming up, then measuring")
+            pids = {"host": host.pid, "emulator": emulator.pid, "azurite": azurite.pid or 0}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            self_before = time.process_time()
+            latencies, statuses, wall, _, warm_status = asyncio.run(run())
+            cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+            cpu["load generator"] = round(time.process_time() - self_before, 2)
+            rss = peak_rss_mib(host.pid)
+        finally:
+            host.terminate()
+            try:
+                host.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                host.kill()
+            host_log.close()
+    ms = [1000 * v for v in latencies]
+    row = {
+        "latency_ms": latency_ms,
+        "clients": CLIENTS,
+        "requests": len(ms),
+        "statuses": dict(statuses),
+        "warmup_statuses": dict(warm_status),
+        "p50_ms": round(statistics.median(ms), 1),
+        "p95_ms": round(_percentile(ms, 95), 1),
+        "p99_ms": round(_percentile(ms, 99), 1),
+        "max_ms": round(max(ms), 1),
+        "throughput_rps": round(len(ms) / wall, 1),
+        "wall_s": round(wall, 2),
+        "host_peak_rss_mib": rss,
+        "cpu_s_incl_warmup": cpu,
+        "target_p95_ms": 100,
+    }
+    row["target_met"] = row["p95_ms"] < 100 and set(statuses) == {201}
+    log(f"  p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, {row['throughput_rps']} req/s, statuses {dict(statuses)}")
+    log(f"  CPU seconds (sign-in, warm-up and measured phase): {cpu}")
+    return row
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    per_client = QUICK_PER_CLIENT if quick else PER_CLIENT
+    print(f"\n== request submission: {CLIENTS} concurrent clients on the local host")
+    rows = [_one(latency, per_client) for latency in LATENCIES_MS]
+    print()
+    print(
+        table(
+            [
+                "Exchange latency ms",
+                "requests",
+                "statuses",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "max ms",
+                "req/s",
+                "host peak RSS MiB",
+            ],
+            [
+                [
+                    r["latency_ms"],
+                    r["requests"],
+                    r["statuses"],
+                    r["p50_ms"],
+                    r["p95_ms"],
+                    r["p99_ms"],
+                    r["max_ms"],
+                    r["throughput_rps"],
+                    r["host_peak_rss_mib"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    result = {"benchmark": "submission", "quick": quick, "clients": CLIENTS, "per_client": per_client, "runs": rows}
+    path = write_artifact("submission-quick" if quick else "submission", result)
+    print(f"written {path}")
+    return result
