@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
 from shared.clients import Clients
-from shared.errors import ExchangeError, GuardError, InputError, RefusedError
+from shared.errors import GuardError, InputError, RefusedError
 from shared.graph import Evidence, sign_in_window
 from shared.principal import Principal
 from shared.reconcile import AuthMethod, Change, ChangeReason, ExceptionRecord, ExceptionStatus, MailboxState
@@ -367,18 +367,30 @@ async def _apply_now(
     c: Clients, request: ExceptionRequest, record: ExceptionRecord, principal: Principal, now: datetime
 ) -> DecisionResult:
     try:
-        current = await c.exchange.find_mailbox(record.mailbox_guid)
-        before = current.smtp_auth_disabled if current else None
-        if before is not False:
-            await c.exchange.set_smtp_auth_disabled(record.mailbox_guid, False)
-            change = Change(record.mailbox_guid, record.mailbox_address, before, False, ChangeReason.EXCEPTION)
-            await c.store.append_audit(
-                [AuditEntry(f"approval-{request.id}", change, Actor(principal.object_id, ""), now)]
-            )
-    except (ExchangeError, GuardError) as err:
+        await set_one_mailbox(c, record, False, ChangeReason.EXCEPTION, f"approval-{request.id}", principal, now)
+    except GuardError as err:
         logger.error("approved request %s but SMTP AUTH could not be switched on now: %s", request.id, err)
         return DecisionResult(request, applied=False, apply_error=str(err))
     return DecisionResult(request, applied=True)
+
+
+async def set_one_mailbox(
+    c: Clients,
+    record: ExceptionRecord,
+    disabled: bool,
+    reason: ChangeReason,
+    run_id: str,
+    principal: Principal,
+    now: datetime,
+) -> None:
+    """An explicit admin action on one mailbox, outside the sweeps (so in report mode too), audited."""
+    current = await c.exchange.find_mailbox(record.mailbox_guid)
+    before = current.smtp_auth_disabled if current else None
+    if before is disabled:
+        return
+    await c.exchange.set_smtp_auth_disabled(record.mailbox_guid, disabled)
+    change = Change(record.mailbox_guid, record.mailbox_address, before, disabled, reason)
+    await c.store.append_audit([AuditEntry(run_id, change, Actor(principal.object_id, ""), now)])
 
 
 async def revoke(c: Clients, exception_id: str, principal: Principal, now: datetime) -> ExceptionRecord:
@@ -393,12 +405,7 @@ async def revoke(c: Clients, exception_id: str, principal: Principal, now: datet
     partition = record.id if await c.store.get_request(record.id) else f"exception-{record.id}"
     await c.store.enqueue(_notification(partition, NotificationKind.REVOKED, now, exception_id=record.id))
     try:
-        current = await c.exchange.find_mailbox(record.mailbox_guid)
-        before = current.smtp_auth_disabled if current else None
-        if before is not True:
-            await c.exchange.set_smtp_auth_disabled(record.mailbox_guid, True)
-            change = Change(record.mailbox_guid, record.mailbox_address, before, True, ChangeReason.EXPIRED)
-            await c.store.append_audit([AuditEntry(f"revoke-{record.id}", change, Actor(principal.object_id, ""), now)])
+        await set_one_mailbox(c, record, True, ChangeReason.EXPIRED, f"revoke-{record.id}", principal, now)
     except GuardError as err:
         raise HttpError(
             502, f"revoked, but SMTP AUTH could not be switched off now ({err}); the next sweep will"

@@ -28,10 +28,11 @@ from dataclasses import dataclass  # noqa: E402
 import pytest  # noqa: E402
 from azure.data.tables.aio import TableServiceClient  # noqa: E402
 
-from devservices.azurite import Azurite, AzuriteError  # noqa: E402
+from devservices.azurite import Azurite, AzuriteError, free_port  # noqa: E402
+from devservices.localhost import LocalHost  # noqa: E402
 from emulator.server import EmulatorServer  # noqa: E402
 from emulator.tenant import Tenant  # noqa: E402
-from tests.workflow_support import run_async  # noqa: E402
+from tests.workflow_support import Site, add_people, run_async  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,6 +138,39 @@ async def store(app_env: dict[str, str]) -> AsyncIterator[object]:
     async with Store.from_config(settings.storage, credential) as s:
         yield s
     await credential.close()
+
+
+@pytest.fixture
+def site(
+    app_env: dict[str, str], emulator: EmulatorServer, storage: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Site]:
+    from shared.clients import close_all
+    from shared.identity import build_credential
+    from shared.settings import load_settings
+    from shared.store import Store
+
+    people = add_people(emulator.tenant)
+    port = free_port()
+    base = f"http://localhost:{port}"
+    monkeypatch.setenv("PUBLIC_BASE_URL", base)
+    monkeypatch.setenv("NOTIFY_FROM", people.notify.primary_smtp_address)
+    monkeypatch.setenv("APPROVER_GROUP_ID", people.group_id)
+
+    async def install() -> None:
+        credential = build_credential()
+        async with Store.from_config(load_settings().storage, credential) as store:
+            await store.initialise(emulator.tenant.tenant_id, "test")
+        await credential.close()
+
+    run_async(install())
+    host = LocalHost(
+        port=port,
+        users_url=f"{emulator.base_url}/_emulator/users",
+        tenant_id=emulator.tenant.tenant_id,
+        on_stop=[close_all],
+    )
+    with host:
+        yield Site(base, people, host)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,16 +7,13 @@ mail outbox. Screenshots are saved in .artifacts/screenshots/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devservices.azurite import free_port
-from devservices.localhost import LocalHost
 from emulator.server import EmulatorServer
-from tests.workflow_support import People, add_people, approval_link, run_async
+from tests.workflow_support import Site, approval_link, run_async
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / ".artifacts" / "screenshots"
@@ -39,44 +36,6 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
 
 
-@pytest.fixture
-def site(
-    app_env: dict[str, str], emulator: EmulatorServer, storage: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[str, People, LocalHost]]:
-    from shared.settings import load_settings
-    from shared.store import Store
-
-    people = add_people(emulator.tenant)
-    port = free_port()
-    base = f"http://localhost:{port}"
-    monkeypatch.setenv("PUBLIC_BASE_URL", base)
-    monkeypatch.setenv("NOTIFY_FROM", people.notify.primary_smtp_address)
-    monkeypatch.setenv("APPROVER_GROUP_ID", people.group_id)
-
-    async def install() -> None:
-        from shared.identity import build_credential
-
-        credential = build_credential()
-        async with Store.from_config(load_settings().storage, credential) as store:
-            await store.initialise(emulator.tenant.tenant_id, "test")
-        await credential.close()
-
-    run_async(install())
-    from shared.clients import close_all
-
-    host = LocalHost(
-        port=port,
-        users_url=f"{emulator.base_url}/_emulator/users",
-        tenant_id=emulator.tenant.tenant_id,
-        on_stop=[close_all],
-    )
-    host.start()
-    try:
-        yield base, people, host
-    finally:
-        host.stop()
-
-
 def sign_in(page: Any, user_id: str) -> None:
     """The local host's Easy Auth sign-in page: pick an emulator user."""
     page.get_by_label("Sign in as").select_option(user_id)
@@ -88,10 +47,8 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
-def test_request_and_approve_in_two_browsers(
-    site: tuple[str, People, LocalHost], browser: Any, emulator: EmulatorServer
-) -> None:
-    base, people, host = site
+def test_request_and_approve_in_two_browsers(site: Site, browser: Any, emulator: EmulatorServer) -> None:
+    base, people, host = site.base, site.people, site.host
     tenant = emulator.tenant
 
     requester = browser.new_context()

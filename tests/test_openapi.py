@@ -16,9 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from devservices.localhost import LocalHost
-from emulator.server import EmulatorServer
-from tests.workflow_support import add_people, run_async
+from tests.workflow_support import Site
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = schemathesis.openapi.from_path(str(REPO / "docs" / "openapi.yaml"))
@@ -38,40 +36,10 @@ def report() -> Iterator[None]:
 
 
 @pytest.fixture
-def api(
-    app_env: dict[str, str], emulator: EmulatorServer, storage: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[str, dict[str, str]]]:
-    from devservices.azurite import free_port
-    from shared.clients import close_all
-    from shared.identity import build_credential
-    from shared.settings import load_settings
-    from shared.store import Store
-
-    people = add_people(emulator.tenant)
-    port = free_port()
-    monkeypatch.setenv("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("NOTIFY_FROM", people.notify.primary_smtp_address)
-    monkeypatch.setenv("APPROVER_GROUP_ID", people.group_id)
-
-    async def install() -> None:
-        credential = build_credential()
-        async with Store.from_config(load_settings().storage, credential) as store:
-            await store.initialise(emulator.tenant.tenant_id, "test")
-        await credential.close()
-
-    run_async(install())
-    users = [
-        {
-            "id": m.external_directory_object_id,
-            "userPrincipalName": m.user_principal_name,
-            "displayName": m.display_name,
-        }
-        for m in (people.approver, people.requester)
-    ]
-    with LocalHost(port=port, users=users, on_stop=[close_all]) as host:
-        cookie = host.session_cookie(people.approver.external_directory_object_id)
-        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookie.items()), "Accept": "application/json"}
-        yield host.base_url, headers
+def api(site: Site) -> tuple[str, dict[str, str]]:
+    cookie = site.host.session_cookie(site.people.approver.external_directory_object_id)
+    headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookie.items()), "Accept": "application/json"}
+    return site.host.base_url, headers
 
 
 @SCHEMA.parametrize()

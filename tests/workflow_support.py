@@ -56,6 +56,15 @@ def add_people(tenant: Tenant) -> People:
     return people
 
 
+@dataclass
+class Site:
+    """The app on the local host (playing App Service and Easy Auth), with Azurite and the emulator."""
+
+    base: str  # PUBLIC_BASE_URL: http://localhost:PORT
+    people: People
+    host: Any  # devservices.localhost.LocalHost
+
+
 def principal_header(mailbox: Mailbox) -> str:
     """What App Service Authentication injects for a signed-in Entra user."""
     claims = [
