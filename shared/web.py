@@ -45,7 +45,8 @@ class HttpError(GuardError):
 def templates() -> Environment:
     return Environment(
         loader=PackageLoader("shared", "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
+        # HTML pages and mail are escaped; the plain-text mail part and the subject are not HTML.
+        autoescape=select_autoescape(enabled_extensions=("html",), disabled_extensions=("txt",), default=True),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -455,3 +455,24 @@ def test_the_apps_principal_parser_reads_the_injected_headers() -> None:
     parsed = principal_from_headers(headers, env={"WEBSITE_AUTH_ENABLED": "True"})
     assert parsed is not None
     assert (parsed.object_id, parsed.upn, parsed.name) == (ALICE["id"], ALICE["userPrincipalName"], "Alice Admin")
+
+
+def test_the_real_app_never_takes_exceptions_new_for_an_id(site) -> None:  # type: ignore[no-untyped-def]
+    """The app's own routes on the local host: `exceptions/new` is the form, a non-GUID id is 404."""
+    import urllib.error
+    import urllib.request
+
+    cookie = site.host.session_cookie(site.people.requester.external_directory_object_id)
+    headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookie.items())}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{site.host.base_url}/api/exceptions/new", headers=headers)
+    ) as r:
+        assert r.status == 200
+        assert "Request an SMTP AUTH exception" in r.read().decode()
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(f"{site.host.base_url}/api/exceptions/not-a-guid", headers=headers)
+        )
+        raise AssertionError("a non-GUID id was routed")
+    except urllib.error.HTTPError as err:
+        assert err.code == 404

@@ -525,3 +525,18 @@ async def test_health_is_anonymous_and_names_a_bad_setting(people: People, monke
     assert bad.status == 503
     assert "NOTIFY_FROM" in bad.json()["checks"]["settings"]
     assert "not an address" not in bad.text
+
+
+async def test_teams_card_goes_out_when_configured(
+    people: People, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEAMS_WORKFLOW_URL", f"{emulator.base_url}/teams/workflows/smtp-guard")
+    request_id = await submitted_request(people)
+    report = await send_outbox()
+    assert report.sent == 2  # the approvers' mail and the card
+    post = emulator.tenant.teams_posts[-1]
+    card = post["body"]["attachments"][0]["content"] if "body" in post else post["attachments"][0]["content"]
+    assert card["type"] == "AdaptiveCard"
+    assert any(f.get("value") == people.printer.primary_smtp_address for f in card["body"][1]["facts"])
+    assert all("token=" not in action["url"] for action in card["actions"])  # the link stays in mail
+    assert request_id in card["actions"][0]["url"]
