@@ -7,11 +7,12 @@ finds the row already there.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from shared.clients import Clients
-from shared.errors import RefusedError
+from shared.errors import GuardError, RefusedError
 from shared.reconcile import ExceptionRecord, ExceptionStatus
 from shared.workflow import exception_from_request, now_utc, write_exception
 from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus, RequestStatus
@@ -60,6 +61,8 @@ async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleRep
                 )
             except RefusedError:
                 continue  # decided at this very moment
+            with suppress(GuardError):
+                await c.store.release_mailbox(request.mailbox_guid, request.id)
             report.requests_expired += 1
     report.repaired = await _repair_interrupted_approvals(c, records, now)
     return report

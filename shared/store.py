@@ -27,7 +27,7 @@ from shared.errors import InputError, NotInstalledError, RefusedError, StoreErro
 from shared.reconcile import AuthMethod, Change, ExceptionRecord, ExceptionStatus
 from shared.records import AuditEntry, PlanStatus, RunSummary, StoredPlan, tri_state
 from shared.settings import StorageConfig
-from shared.workflow_records import ExceptionRequest, OutboxItem, OutboxStatus
+from shared.workflow_records import ExceptionRequest, OutboxItem, OutboxStatus, RequestStatus
 
 STATE_TABLE: Final = "SmtpGuardState"
 EXCEPTIONS_TABLE: Final = "SmtpGuardExceptions"
@@ -37,6 +37,8 @@ AUDIT_TABLE: Final = "SmtpGuardAudit"
 # notification it owes are written in one transaction.
 WORKFLOW_TABLE: Final = "SmtpGuardRequests"
 TABLES: Final = (STATE_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, AUDIT_TABLE, WORKFLOW_TABLE)
+PENDING_PARTITION: Final = "pending-mailbox"  # in WORKFLOW_TABLE: one row per mailbox with a pending request
+CLAIM_GRACE: Final = timedelta(minutes=5)  # a reservation whose request never appeared is freed after this
 SCHEMA_VERSION: Final = 1
 TRANSACTION_LIMIT: Final = 100  # entities per table transaction
 PLAN_CHUNK_CHARS: Final = 30_000  # a string property holds at most 32K characters
@@ -355,8 +357,8 @@ class Store:
             ]
 
     async def request_keys(self, odata_filter: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        """Matching requests' id, mailbox, status, requester and creation time only: cheap checks on every
-        submission (a pending duplicate, the requester's daily rate) read no more than that."""
+        """Matching requests' id, mailbox, status, requester and creation time only: the requester's daily
+        rate is checked on every submission and reads no more than that."""
         async with _storage_errors("read the requests"):
             return [
                 dict(e)
@@ -383,6 +385,56 @@ class Store:
         operations += [("upsert", _outbox_entity(item)) for item in notify]
         async with _storage_errors("update the request"):
             await _submit(table, operations)
+
+    async def claim_mailbox(self, mailbox_guid: str, request_id: str, now: datetime) -> str | None:
+        """Reserve a mailbox for one pending request: None when reserved, else the id of the request holding it.
+
+        An insert that fails on an existing row makes two simultaneous submissions for one mailbox
+        produce exactly one pending request. A reservation is taken over, ETag-guarded, only when its
+        request is no longer pending, or was never stored (its submission failed) and the claim is older
+        than CLAIM_GRACE: a release that was lost never blocks a mailbox for long.
+        """
+        table = self._table(WORKFLOW_TABLE)
+        entity = {"PartitionKey": PENDING_PARTITION, "RowKey": mailbox_guid, "RequestId": request_id, "ClaimedAt": now}
+        async with _storage_errors("reserve the mailbox"):
+            try:
+                await table.create_entity(entity)
+                return None
+            except ResourceExistsError:
+                current = await table.get_entity(PENDING_PARTITION, mailbox_guid)
+            holder = str(current.get("RequestId", ""))
+            loaded = await self.get_request(holder) if holder else None
+            if loaded is None and now - current.get("ClaimedAt", now) < CLAIM_GRACE:
+                return holder  # its submission is still being written
+            if loaded is not None and loaded[0].status is RequestStatus.PENDING:
+                return holder
+            try:
+                await table.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=current.metadata["etag"],
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError:
+                return str((await table.get_entity(PENDING_PARTITION, mailbox_guid)).get("RequestId", ""))
+        return None
+
+    async def release_mailbox(self, mailbox_guid: str, request_id: str) -> None:
+        """End a request's reservation of its mailbox (only its own). Losing this is harmless: see claim."""
+        table = self._table(WORKFLOW_TABLE)
+        async with _storage_errors("release the mailbox"):
+            try:
+                current = await table.get_entity(PENDING_PARTITION, mailbox_guid)
+            except ResourceNotFoundError:
+                return
+            if current.get("RequestId") == request_id:
+                with suppress(ResourceNotFoundError, ResourceModifiedError):
+                    await table.delete_entity(
+                        PENDING_PARTITION,
+                        mailbox_guid,
+                        etag=current.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
 
     async def enqueue(self, item: OutboxItem) -> bool:
         """Enqueue a notification once; False when it was enqueued before (reminders go out once)."""

@@ -15,6 +15,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
@@ -170,28 +171,18 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         previous = await c.store.get_exception(draft.renews)
         if previous is None or previous.mailbox_guid != mailbox.guid:
             raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
-    # One query for both checks: a pending request for this mailbox, and the requester's last day.
-    related = await c.store.request_keys(
-        "( MailboxGuid eq @guid and Status eq @pending ) or ( RequesterId eq @who and CreatedAt ge @since )",
-        {
-            "guid": mailbox.guid,
-            "pending": RequestStatus.PENDING.value,
-            "who": principal.object_id,
-            "since": now - timedelta(days=1),
-        },
+    since = now - timedelta(days=1)
+    recent = await c.store.request_keys(
+        "RequesterId eq @who and CreatedAt ge @since", {"who": principal.object_id, "since": since}
     )
-    pending = [r for r in related if r["MailboxGuid"] == mailbox.guid and r["Status"] == RequestStatus.PENDING]
-    if pending:
-        raise HttpError(
-            409, f"a request for {mailbox.address} is already pending", {"request_id": pending[0]["PartitionKey"]}
-        )
-    recent = sum(
-        1 for r in related if r["RequesterId"] == principal.object_id and r["CreatedAt"] >= now - timedelta(days=1)
-    )
-    if recent >= settings.request_rate_limit_per_day:
+    if len(recent) >= settings.request_rate_limit_per_day:
         raise HttpError(429, f"at most {settings.request_rate_limit_per_day} requests a day: try again tomorrow")
+    request_id = str(uuid.uuid4())
+    holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
+    if holder is not None:
+        raise HttpError(409, f"a request for {mailbox.address} is already pending", {"request_id": holder})
     request = ExceptionRequest(
-        id=str(uuid.uuid4()),
+        id=request_id,
         mailbox_guid=mailbox.guid,
         mailbox_address=mailbox.address.lower(),
         sender_kind=draft.sender_kind,
@@ -214,7 +205,12 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
     notify = [_notification(request.id, NotificationKind.APPROVAL_REQUEST, now)]
     if settings.teams_workflow_url:
         notify.append(_notification(request.id, NotificationKind.TEAMS_CARD, now))
-    await c.store.create_request(request, notify)
+    try:
+        await c.store.create_request(request, notify)
+    except GuardError:
+        with suppress(GuardError):
+            await c.store.release_mailbox(mailbox.guid, request_id)
+        raise
     return request
 
 
@@ -317,6 +313,8 @@ async def decide(
         current = await c.store.get_request(request_id)
         status = current[0].status.value if current else "changed"
         raise HttpError(409, f"another approver decided first: the request is {status}", {"status": status}) from None
+    with suppress(GuardError):  # a lost release is taken over by the next request for this mailbox
+        await c.store.release_mailbox(request.mailbox_guid, request.id)
     if not decision.approve:
         return DecisionResult(decided, applied=False)
     return await _grant(c, decided, principal, now)

@@ -540,3 +540,50 @@ async def test_teams_card_goes_out_when_configured(
     assert any(f.get("value") == people.printer.primary_smtp_address for f in card["body"][1]["facts"])
     assert all("token=" not in action["url"] for action in card["actions"])  # the link stays in mail
     assert request_id in card["actions"][0]["url"]
+
+
+async def test_two_simultaneous_requests_for_one_mailbox_make_one_pending(people: People, store: Store) -> None:
+    body = valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address)
+    results = await asyncio.gather(
+        *(
+            call("exception_submit", "POST", "/api/exceptions", user=user, body=body)
+            for user in (people.requester, people.outsider)
+        )
+    )
+    assert sorted(r.status for r in results) == [201, 409]
+    pending = await store.query_requests("Status eq @s", {"s": "pending"})
+    assert len(pending) == 1
+
+
+async def test_a_decided_request_frees_its_mailbox(people: People, emulator: EmulatorServer, store: Store) -> None:
+    first = await submitted_request(people)
+    page, link = await open_approval(people, emulator, first)
+    assert (await post_decision(people, first, page, link, decision="deny", comment="Use a connector")).status == 200
+    second = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body=valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address),
+    )
+    assert second.status == 201, second.text
+
+
+async def test_a_lost_reservation_release_is_taken_over(people: People, store: Store) -> None:
+    from shared.store import PENDING_PARTITION, WORKFLOW_TABLE
+
+    first = await submitted_request(people)
+    request, etag = await store.get_request(first)
+    request.status = RequestStatus.DENIED  # decided, but its mailbox reservation was never released
+    await store.update_request(request, etag)
+    table = store._table(WORKFLOW_TABLE)
+    assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == first
+    again = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body=valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address),
+    )
+    assert again.status == 201, again.text
+    assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == again.json()["id"]
