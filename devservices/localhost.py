@@ -39,6 +39,7 @@ from typing import Any, Final, Self
 
 import azure.functions as func
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from azure.functions import meta
 from azure.functions.http import HttpRequestConverter, HttpResponseConverter
 from azure.functions.timer import TimerRequestConverter
@@ -345,6 +346,13 @@ class IndexedFunction:
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.user_function)
+
+
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access lines without the query string: approval links carry their single-use token there."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.1f ms", request.method, request.path, response.status, time * 1000)
 
 
 _INDEXED: weakref.WeakKeyDictionary[func.FunctionApp, list[IndexedFunction]] = weakref.WeakKeyDictionary()
@@ -678,7 +686,9 @@ class LocalHost:
                 web.route("*", "/{tail:.*}", self._dispatch),
             ]
         )
-        runner = web.AppRunner(application, access_log=log if self._access_log else None)
+        runner = web.AppRunner(
+            application, access_log=log if self._access_log else None, access_log_class=PathOnlyAccessLogger
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -476,3 +477,23 @@ def test_the_real_app_never_takes_exceptions_new_for_an_id(site) -> None:  # typ
         raise AssertionError("a non-GUID id was routed")
     except urllib.error.HTTPError as err:
         assert err.code == 404
+
+
+def test_access_log_never_shows_the_query(caplog: pytest.LogCaptureFixture) -> None:
+    """Approval links carry their token in the query string; the host's access log leaves it out."""
+    import urllib.request
+
+    app = func.FunctionApp()
+
+    @app.route(route="approvals/{id:guid}", auth_level=func.AuthLevel.ANONYMOUS)
+    def page(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("ok")
+
+    path = "/api/approvals/6f1c2f0e-1c1b-4b4e-9a53-2b1e8c1d2f00"
+    with (
+        caplog.at_level(logging.INFO, logger="devservices.localhost"),
+        LocalHost(app=app, access_log=True, anonymous=["/api/approvals"]) as host,
+    ):
+        urllib.request.urlopen(f"{host.base_url}{path}?token=SECRET-TOKEN").read()
+    assert f"GET {path} 200" in caplog.text
+    assert "SECRET-TOKEN" not in caplog.text
