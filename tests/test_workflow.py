@@ -74,6 +74,12 @@ async def submitted_request(people: People, **overrides: str) -> str:
     return response.headers["Location"].rsplit("/", 1)[1]
 
 
+async def submit_json(people: People, user: Any = None, mailbox: str | None = None) -> Any:
+    """`POST /api/exceptions` as an API client; the printer's mailbox and the requester by default."""
+    body = valid_request(mailbox or people.printer.primary_smtp_address, people.requester.primary_smtp_address)
+    return await call("exception_submit", "POST", "/api/exceptions", user=user or people.requester, body=body)
+
+
 async def open_approval(people: People, emulator: EmulatorServer, request_id: str, user: Any = None) -> tuple[Any, str]:
     await send_outbox()
     link = approval_link(emulator.tenant, request_id)
@@ -330,13 +336,7 @@ async def test_bad_bodies_get_4xx_with_field_messages(people: People, store: Sto
     form = await submit_form(people, valid_request("", "", vendor="", days="0"))
     assert form.status == 400
     assert 'id="vendor-error"' in form.text and 'aria-invalid="true"' in form.text
-    unknown = await call(
-        "exception_submit",
-        "POST",
-        "/api/exceptions",
-        user=people.requester,
-        body=valid_request("ghost@contoso.onmicrosoft.com", people.requester.primary_smtp_address),
-    )
+    unknown = await submit_json(people, mailbox="ghost@contoso.onmicrosoft.com")
     assert unknown.status == 422 and "mailbox" in unknown.json()["errors"]
     assert await store.query_requests("Status eq @s", {"s": "pending"}) == []
 
@@ -362,25 +362,13 @@ async def test_cross_site_form_post_without_csrf_token_is_refused(people: People
 
 async def test_duplicate_pending_request_gets_409_with_a_link(people: People) -> None:
     first = await submitted_request(people)
-    again = await call(
-        "exception_submit",
-        "POST",
-        "/api/exceptions",
-        user=people.requester,
-        body=valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address),
-    )
+    again = await submit_json(people)
     assert again.status == 409
     assert again.json()["errors"]["request_id"] == first
 
 
 async def test_json_api_submit_and_status(people: People) -> None:
-    created = await call(
-        "exception_submit",
-        "POST",
-        "/api/exceptions",
-        user=people.requester,
-        body=valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address),
-    )
+    created = await submit_json(people)
     assert created.status == 201
     body = created.json()
     assert body["status"] == "pending" and "token_hash" not in body
@@ -410,14 +398,7 @@ async def test_rate_limit_per_requester(people: People, monkeypatch: pytest.Monk
     targets = [people.printer, people.outsider, people.notify]
     codes = []
     for target in targets:
-        response = await call(
-            "exception_submit",
-            "POST",
-            "/api/exceptions",
-            user=people.requester,
-            body=valid_request(target.primary_smtp_address, people.requester.primary_smtp_address),
-        )
-        codes.append(response.status)
+        codes.append((await submit_json(people, mailbox=target.primary_smtp_address)).status)
     assert codes == [201, 201, 429]
 
 
@@ -543,13 +524,7 @@ async def test_teams_card_goes_out_when_configured(
 
 
 async def test_two_simultaneous_requests_for_one_mailbox_make_one_pending(people: People, store: Store) -> None:
-    body = valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address)
-    results = await asyncio.gather(
-        *(
-            call("exception_submit", "POST", "/api/exceptions", user=user, body=body)
-            for user in (people.requester, people.outsider)
-        )
-    )
+    results = await asyncio.gather(*(submit_json(people, user=user) for user in (people.requester, people.outsider)))
     assert sorted(r.status for r in results) == [201, 409]
     pending = await store.query_requests("Status eq @s", {"s": "pending"})
     assert len(pending) == 1
@@ -559,13 +534,7 @@ async def test_a_decided_request_frees_its_mailbox(people: People, emulator: Emu
     first = await submitted_request(people)
     page, link = await open_approval(people, emulator, first)
     assert (await post_decision(people, first, page, link, decision="deny", comment="Use a connector")).status == 200
-    second = await call(
-        "exception_submit",
-        "POST",
-        "/api/exceptions",
-        user=people.requester,
-        body=valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address),
-    )
+    second = await submit_json(people)
     assert second.status == 201, second.text
 
 
@@ -578,12 +547,6 @@ async def test_a_lost_reservation_release_is_taken_over(people: People, store: S
     await store.update_request(request, etag)
     table = store._table(WORKFLOW_TABLE)
     assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == first
-    again = await call(
-        "exception_submit",
-        "POST",
-        "/api/exceptions",
-        user=people.requester,
-        body=valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address),
-    )
+    again = await submit_json(people)
     assert again.status == 201, again.text
     assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == again.json()["id"]
