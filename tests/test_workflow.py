@@ -550,3 +550,26 @@ async def test_a_lost_reservation_release_is_taken_over(people: People, store: S
     again = await submit_json(people)
     assert again.status == 201, again.text
     assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == again.json()["id"]
+
+
+async def test_renewal_adds_a_device_and_supersedes_the_old_exception(
+    people: People, emulator: EmulatorServer, store: Store
+) -> None:
+    first = await submitted_request(people, vendor="Ricoh IM C3000")
+    page, link = await open_approval(people, emulator, first)
+    assert (await post_decision(people, first, page, link)).status == 200
+
+    renewal = await submitted_request(people, vendor="Canon iR-ADV C5535", renews=first, days="60")
+    page, link = await open_approval(people, emulator, renewal)
+    assert (await post_decision(people, renewal, page, link)).status == 200
+
+    old, new = await store.get_exception(first), await store.get_exception(renewal)
+    assert old is not None and old.status.value == "superseded"
+    assert new is not None and new.is_active(datetime.now(UTC))
+    assert new.device == "Ricoh IM C3000; Canon iR-ADV C5535"
+    assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
+    wrong = await submit_form(
+        people,
+        valid_request(people.outsider.primary_smtp_address, people.requester.primary_smtp_address, renews=first),
+    )
+    assert wrong.status == 422 and "is not an exception of this mailbox" in wrong.text
