@@ -326,18 +326,39 @@ class Store:
     # -- requests and outbox -------------------------------------------------------------------------
 
     async def create_request(self, request: ExceptionRequest, notify: Sequence[OutboxItem]) -> None:
-        """Store a new request, its notifications first.
+        """Store a new request, its notifications and its requester-index row first.
 
         Plain inserts, not a transaction: this runs on every submission, and a table transaction's
         multipart encoding cost more CPU than the rest of the request. The order keeps the promise a
-        transaction would: a stored request always has its notifications. A submission that fails
-        half-way leaves at most a notification without a request, which the sender skips.
+        transaction would: a stored request always has its notifications and counts against its
+        requester's rate. A submission that fails half-way leaves at most rows without a request:
+        the sender skips such a notification, and such an index row counts against the rate.
         """
         table = self._table(WORKFLOW_TABLE)
         async with _storage_errors("store the request"):
             for item in notify:
                 await table.create_entity(_outbox_entity(item))
+            await table.create_entity(
+                {
+                    "PartitionKey": _requester_partition(request.requester_id),
+                    "RowKey": f"{_sortable(request.created_at)}-{request.id}",
+                }
+            )
             await table.create_entity({**to_entity(request), "PartitionKey": request.id, "RowKey": "request"})
+
+    async def count_recent_requests(self, requester_id: str, since: datetime) -> int:
+        """How many requests someone submitted since a moment: one partition, not a scan of every request."""
+        async with _storage_errors("read the requester's recent requests"):
+            return len(
+                [
+                    e
+                    async for e in self._table(WORKFLOW_TABLE).query_entities(
+                        "PartitionKey eq @pk and RowKey ge @since",
+                        parameters={"pk": _requester_partition(requester_id), "since": _sortable(since)},
+                        select=["RowKey"],
+                    )
+                ]
+            )
 
     async def get_request(self, request_id: str) -> tuple[ExceptionRequest, str] | None:
         async with _storage_errors("read the request"):
@@ -353,19 +374,6 @@ class Store:
                 from_entity(ExceptionRequest, e)
                 async for e in self._table(WORKFLOW_TABLE).query_entities(
                     f"RowKey eq 'request' and ( {odata_filter} )", parameters=parameters
-                )
-            ]
-
-    async def request_keys(self, odata_filter: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        """Matching requests' id, mailbox, status, requester and creation time only: the requester's daily
-        rate is checked on every submission and reads no more than that."""
-        async with _storage_errors("read the requests"):
-            return [
-                dict(e)
-                async for e in self._table(WORKFLOW_TABLE).query_entities(
-                    f"RowKey eq 'request' and ( {odata_filter} )",
-                    parameters=parameters,
-                    select=["PartitionKey", "MailboxGuid", "Status", "RequesterId", "CreatedAt"],
                 )
             ]
 
@@ -582,6 +590,14 @@ def from_entity(cls: type[T], entity: dict[str, Any]) -> T:
             value = kind(value)
         values[f.name] = value
     return cls(**values)
+
+
+def _requester_partition(requester_id: str) -> str:
+    return f"requester-{requester_id}"
+
+
+def _sortable(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S%f")
 
 
 def _outbox_entity(item: OutboxItem) -> dict[str, Any]:

@@ -171,11 +171,8 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         previous = await c.store.get_exception(draft.renews)
         if previous is None or previous.mailbox_guid != mailbox.guid:
             raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
-    since = now - timedelta(days=1)
-    recent = await c.store.request_keys(
-        "RequesterId eq @who and CreatedAt ge @since", {"who": principal.object_id, "since": since}
-    )
-    if len(recent) >= settings.request_rate_limit_per_day:
+    recent = await c.store.count_recent_requests(principal.object_id, now - timedelta(days=1))
+    if recent >= settings.request_rate_limit_per_day:
         raise HttpError(429, f"at most {settings.request_rate_limit_per_day} requests a day: try again tomorrow")
     request_id = str(uuid.uuid4())
     holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
