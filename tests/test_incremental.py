@@ -108,9 +108,9 @@ async def test_time_budget_stops_cleanly_and_the_next_run_finishes(
 ) -> None:
     await enforced_tenant(emulator, store)
     fresh = {emulator.tenant.add_mailbox(f"batch.user{i}", smtp=None).guid for i in range(120)}
-    emulator.faults.configure(latency_ms=150)
+    emulator.faults.configure(latency_ms=250)  # 12 batches: about 3 s of work for a 2 s budget
     monkeypatch.setenv("EXCHANGE_CONCURRENCY", "1")
-    monkeypatch.setenv("SWEEP_TIME_BUDGET_SECONDS", "1")
+    monkeypatch.setenv("SWEEP_TIME_BUDGET_SECONDS", "2")
 
     first = await sweep()
 
@@ -139,9 +139,9 @@ async def test_a_stopped_full_run_makes_the_next_sweep_full(
     await store.initialise(emulator.tenant.tenant_id, "test")
     for i in range(120):
         emulator.tenant.add_mailbox(f"bulk.user{i}", smtp=None)
-    emulator.faults.configure(latency_ms=150)
+    emulator.faults.configure(latency_ms=250)  # 12 batches: about 3 s of work for a 2 s budget
     monkeypatch.setenv("EXCHANGE_CONCURRENCY", "1")
-    monkeypatch.setenv("SWEEP_TIME_BUDGET_SECONDS", "1")
+    monkeypatch.setenv("SWEEP_TIME_BUDGET_SECONDS", "2")
     stopped = await sweep(full=True)
     assert stopped.outcome is RunOutcome.PARTIAL
     assert (await store.sweep_state("enforce")).full_pending
