@@ -56,16 +56,6 @@ def opath_datetime(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%m/%d/%Y %H:%M:%S")
 
 
-def parse_exchange_datetime(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    text = value.rstrip("Z")
-    if "." in text:  # Exchange sends 7 fractional digits; Python parses at most 6.
-        head, fraction = text.split(".", 1)
-        text = f"{head}.{fraction[:6]}"
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
 class ExchangeRetryPolicy(AsyncRetryPolicy):
     """azure-core's retry policy, configured for Exchange.
 
