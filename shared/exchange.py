@@ -35,6 +35,7 @@ from shared.errors import (
     MailboxNotFoundError,
 )
 from shared.reconcile import MailboxState
+from shared.transport import transport_options
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class ExchangeClient:
                 AsyncBearerTokenCredentialPolicy(credential, self._scope),
                 HttpLoggingPolicy(),  # redacts Authorization by default
             ],
+            **transport_options(),
         )
 
     async def __aenter__(self) -> Self:

@@ -22,6 +22,7 @@ from shared.clients import Clients
 from shared.errors import GuardError, RefusedError
 from shared.exchange import ExchangeRetryPolicy
 from shared.reconcile import ExceptionRecord
+from shared.transport import transport_options
 from shared.web import render_text
 from shared.workflow import new_link_token, now_utc
 from shared.workflow_records import ExceptionRequest, NotificationKind, OutboxItem, OutboxStatus, RequestStatus
@@ -188,7 +189,9 @@ def _card(request: ExceptionRequest, base: str) -> dict[str, Any]:
 
 async def post_teams_card(url: str, card: dict[str, Any]) -> None:
     """Post to a Teams Workflows webhook (Office 365 connectors are retired). The URL is a secret: not logged."""
-    async with AsyncPipelineClient(base_url=url, policies=[ExchangeRetryPolicy(attempts=3)]) as client:
+    async with AsyncPipelineClient(
+        base_url=url, policies=[ExchangeRetryPolicy(attempts=3)], **transport_options()
+    ) as client:
         try:
             response = await client.send_request(HttpRequest("POST", url, json=card))
         except AzureError as err:

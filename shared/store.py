@@ -27,6 +27,7 @@ from shared.errors import InputError, NotInstalledError, RefusedError, StoreErro
 from shared.reconcile import AuthMethod, Change, ExceptionRecord, ExceptionStatus
 from shared.records import AuditEntry, PlanStatus, RunSummary, StoredPlan, tri_state
 from shared.settings import StorageConfig
+from shared.transport import transport_options
 from shared.workflow_records import ExceptionRequest, OutboxItem, OutboxStatus, RequestStatus
 
 STATE_TABLE: Final = "SmtpGuardState"
@@ -64,17 +65,22 @@ class SweepState:
 class Store:
     def __init__(self, service: TableServiceClient) -> None:
         self._service = service
+        self._tables: dict[str, TableClient] = {}  # building a client builds its whole pipeline
 
     @classmethod
     def from_config(cls, config: StorageConfig, credential: AsyncTokenCredential) -> Store:
         if config.connection_string is not None:
             try:
-                service = TableServiceClient.from_connection_string(config.connection_string, **_STORE_RETRIES)
+                service = TableServiceClient.from_connection_string(
+                    config.connection_string, **_STORE_RETRIES, **transport_options()
+                )
             except ValueError as err:
                 raise StoreError(f"AzureWebJobsStorage is not a valid connection string: {err}") from None
         else:
             assert config.table_endpoint is not None
-            service = TableServiceClient(config.table_endpoint, credential=credential, **_STORE_RETRIES)
+            service = TableServiceClient(
+                config.table_endpoint, credential=credential, **_STORE_RETRIES, **transport_options()
+            )
         return cls(service)
 
     async def __aenter__(self) -> Self:
@@ -89,7 +95,10 @@ class Store:
         await self._service.close()
 
     def _table(self, name: str) -> TableClient:
-        return self._service.get_table_client(name)
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = self._service.get_table_client(name)
+        return table
 
     # -- install marker ------------------------------------------------------------------------------
 
@@ -335,30 +344,33 @@ class Store:
         the sender skips such a notification, and such an index row counts against the rate.
         """
         table = self._table(WORKFLOW_TABLE)
+        index = {
+            "PartitionKey": _requester_partition(request.requester_id),
+            "RowKey": f"{_sortable(request.created_at)}-{request.id}",
+        }
         async with _storage_errors("store the request"):
             for item in notify:
                 await table.create_entity(_outbox_entity(item))
-            await table.create_entity(
-                {
-                    "PartitionKey": _requester_partition(request.requester_id),
-                    "RowKey": f"{_sortable(request.created_at)}-{request.id}",
-                }
-            )
+            await table.create_entity(index)
             await table.create_entity({**to_entity(request), "PartitionKey": request.id, "RowKey": "request"})
 
-    async def count_recent_requests(self, requester_id: str, since: datetime) -> int:
-        """How many requests someone submitted since a moment: one partition, not a scan of every request."""
+    async def count_recent_requests(self, requester_id: str, since: datetime, at_most: int) -> int:
+        """How many requests someone submitted since a moment, counted up to `at_most` (the rate limit).
+
+        One partition, not a scan of every request, and one page of at most `at_most` keys.
+        """
+        count = 0
         async with _storage_errors("read the requester's recent requests"):
-            return len(
-                [
-                    e
-                    async for e in self._table(WORKFLOW_TABLE).query_entities(
-                        "PartitionKey eq @pk and RowKey ge @since",
-                        parameters={"pk": _requester_partition(requester_id), "since": _sortable(since)},
-                        select=["RowKey"],
-                    )
-                ]
-            )
+            async for _ in self._table(WORKFLOW_TABLE).query_entities(
+                "PartitionKey eq @pk and RowKey ge @since",
+                parameters={"pk": _requester_partition(requester_id), "since": _sortable(since)},
+                select=["RowKey"],
+                results_per_page=at_most,
+            ):
+                count += 1
+                if count >= at_most:
+                    break
+        return count
 
     async def get_request(self, request_id: str) -> tuple[ExceptionRequest, str] | None:
         async with _storage_errors("read the request"):

@@ -164,6 +164,7 @@ def _notification(partition: str, kind: NotificationKind, now: datetime, excepti
 
 async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
     settings = c.settings
+    limit = settings.request_rate_limit_per_day
     mailbox = await c.exchange.find_mailbox(draft.mailbox)
     if mailbox is None:
         raise HttpError(422, "that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
@@ -171,9 +172,8 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         previous = await c.store.get_exception(draft.renews)
         if previous is None or previous.mailbox_guid != mailbox.guid:
             raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
-    recent = await c.store.count_recent_requests(principal.object_id, now - timedelta(days=1))
-    if recent >= settings.request_rate_limit_per_day:
-        raise HttpError(429, f"at most {settings.request_rate_limit_per_day} requests a day: try again tomorrow")
+    if await c.store.count_recent_requests(principal.object_id, now - timedelta(days=1), at_most=limit) >= limit:
+        raise HttpError(429, f"at most {limit} requests a day: try again tomorrow")
     request_id = str(uuid.uuid4())
     holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
     if holder is not None:
