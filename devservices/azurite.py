@@ -67,6 +67,7 @@ class Azurite:
                 "--skipApiVersionCheck",
                 "--disableProductStyleUrl",
                 "--silent",
+                "--disableTelemetry",  # it would otherwise report usage to Microsoft over the internet
             ],
             cwd=self._workdir,  # Azurite writes its debug files beside itself
             stdout=subprocess.DEVNULL,
