@@ -40,14 +40,14 @@ async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleRep
     for record in records:
         if record.status is not ExceptionStatus.APPROVED:
             continue
-        partition = record.id if record.id in workflow_ids else f"exception-{record.id}"
+        about = record.id if record.id in workflow_ids else f"exception-{record.id}"
         if record.expires_at <= now:
             # The reconcile switches SMTP AUTH off; this only tells the owner, once.
-            report.expiry_notices += await _enqueue(c, partition, NotificationKind.EXPIRED, record, now)
+            report.expiry_notices += await _enqueue(c, about, NotificationKind.EXPIRED, record, now)
             continue
         for kind, before in REMINDERS:
             if record.expires_at - now <= before:
-                report.reminders += await _enqueue(c, partition, kind, record, now)
+                report.reminders += await _enqueue(c, about, kind, record, now)
     for request in await c.store.query_requests("Status eq @s", {"s": RequestStatus.PENDING.value}):
         if request.expires_at <= now:
             loaded = await c.store.get_request(request.id)
@@ -68,8 +68,8 @@ async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleRep
     return report
 
 
-async def _enqueue(c: Clients, partition: str, kind: NotificationKind, record: ExceptionRecord, now: datetime) -> int:
-    item = OutboxItem(partition, kind, OutboxStatus.PENDING, now, now, exception_id=record.id)
+async def _enqueue(c: Clients, about: str, kind: NotificationKind, record: ExceptionRecord, now: datetime) -> int:
+    item = OutboxItem(about, kind, OutboxStatus.PENDING, now, now, exception_id=record.id)
     return int(await c.store.enqueue(item))
 
 

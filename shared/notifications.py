@@ -54,7 +54,7 @@ async def send_due(c: Clients, now: datetime | None = None) -> SendReport:
         except GuardError as err:
             failed += 1
             attempts = item.attempts + 1
-            logger.warning("notification %s/%s failed (attempt %d): %s", item.partition, item.kind, attempts, err)
+            logger.warning("notification %s/%s failed (attempt %d): %s", item.about, item.kind, attempts, err)
             retry = replace(
                 item, attempts=attempts, last_error=str(err)[:1000], next_attempt_at=now + retry_delay(attempts)
             )
@@ -74,8 +74,8 @@ async def _deliver(c: Clients, item: OutboxItem, now: datetime) -> bool:
     """Send one notification. False when there is nothing to send any more (e.g. already decided)."""
     request: ExceptionRequest | None = None
     etag = ""
-    if not item.partition.startswith("exception-"):
-        loaded = await c.store.get_request(item.partition)
+    if not item.about.startswith("exception-"):
+        loaded = await c.store.get_request(item.about)
         if loaded is None:
             return False
         request, etag = loaded

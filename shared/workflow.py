@@ -158,21 +158,25 @@ def _optional_guid(field: str, value: str | None) -> str:
 # -- submission ----------------------------------------------------------------------------------------
 
 
-def _notification(partition: str, kind: NotificationKind, now: datetime, exception_id: str = "") -> OutboxItem:
-    return OutboxItem(partition, kind, OutboxStatus.PENDING, now, now, exception_id=exception_id)
+def _notification(about: str, kind: NotificationKind, now: datetime, exception_id: str = "") -> OutboxItem:
+    return OutboxItem(about, kind, OutboxStatus.PENDING, now, now, exception_id=exception_id)
 
 
 async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
     settings = c.settings
     limit = settings.request_rate_limit_per_day
-    mailbox = await c.exchange.find_mailbox(draft.mailbox)
+    # Independent reads, overlapped: each round trip is a wait in a submission's chain.
+    mailbox, recent = await asyncio.gather(
+        c.exchange.find_mailbox(draft.mailbox),
+        c.store.count_recent_requests(principal.object_id, now - timedelta(days=1), at_most=limit),
+    )
     if mailbox is None:
         raise HttpError(422, "that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
     if draft.renews:
         previous = await c.store.get_exception(draft.renews)
         if previous is None or previous.mailbox_guid != mailbox.guid:
             raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
-    if await c.store.count_recent_requests(principal.object_id, now - timedelta(days=1), at_most=limit) >= limit:
+    if recent >= limit:
         raise HttpError(429, f"at most {limit} requests a day: try again tomorrow")
     request_id = str(uuid.uuid4())
     holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
@@ -199,7 +203,16 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         expires_at=now + timedelta(days=settings.request_pending_days),
         renews_exception_id=draft.renews,
     )
-    notify = [_notification(request.id, NotificationKind.APPROVAL_REQUEST, now)]
+    notify = [
+        OutboxItem(
+            request.id,
+            NotificationKind.APPROVAL_REQUEST,
+            OutboxStatus.PENDING,
+            now,
+            now,
+            requester_id=request.requester_id,
+        )
+    ]
     if settings.teams_workflow_url:
         notify.append(_notification(request.id, NotificationKind.TEAMS_CARD, now))
     try:
@@ -397,8 +410,8 @@ async def revoke(c: Clients, exception_id: str, principal: Principal, now: datet
     if not record.is_active(now):
         raise HttpError(409, f"this exception is not active (it is {record.status.value})")
     await c.store.revoke_exception_by_id(record, principal.object_id, now)
-    partition = record.id if await c.store.get_request(record.id) else f"exception-{record.id}"
-    await c.store.enqueue(_notification(partition, NotificationKind.REVOKED, now, exception_id=record.id))
+    about = record.id if await c.store.get_request(record.id) else f"exception-{record.id}"
+    await c.store.enqueue(_notification(about, NotificationKind.REVOKED, now, exception_id=record.id))
     try:
         await set_one_mailbox(c, record, True, ChangeReason.EXPIRED, f"revoke-{record.id}", principal, now)
     except GuardError as err:

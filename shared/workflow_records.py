@@ -82,7 +82,7 @@ class ExceptionRequest:
 class OutboxItem:
     """One notification to send. Its key is deterministic, so it is enqueued at most once."""
 
-    partition: str  # the request id, or "exception-<id>" for exceptions granted outside the workflow
+    about: str  # the request id, or "exception-<id>" for exceptions granted outside the workflow
     kind: NotificationKind
     status: OutboxStatus
     created_at: datetime
@@ -91,7 +91,4 @@ class OutboxItem:
     last_error: str = ""
     sent_at: datetime | None = None
     exception_id: str = ""
-
-    @property
-    def row_key(self) -> str:
-        return f"outbox-{self.kind.value}"
+    requester_id: str = ""  # set on a request's approval notice: it is filed under its requester

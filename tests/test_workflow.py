@@ -7,7 +7,9 @@ the principal header is injected. The browser test (test_browser.py) goes throug
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -573,3 +575,35 @@ async def test_renewal_adds_a_device_and_supersedes_the_old_exception(
         valid_request(people.outsider.primary_smtp_address, people.requester.primary_smtp_address, renews=first),
     )
     assert wrong.status == 422 and "is not an exception of this mailbox" in wrong.text
+
+
+async def test_the_daily_rate_counts_a_requesters_approval_notices_of_the_last_day(store: Store) -> None:
+    from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus
+
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def notice(requester: str, age: timedelta) -> OutboxItem:
+        at = now - age
+        return OutboxItem(
+            str(uuid.uuid4()), NotificationKind.APPROVAL_REQUEST, OutboxStatus.PENDING, at, at, requester_id=requester
+        )
+
+    await store.initialise("tenant-for-this-test", "test")
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    items = [notice(alice, timedelta(hours=h)) for h in (25, 23, 1)] + [notice(bob, timedelta(minutes=5))]
+    for item in items:
+        assert await store.enqueue(item)
+    since = now - timedelta(days=1)
+    assert await store.count_recent_requests(alice, since, at_most=10) == 2
+    assert await store.count_recent_requests(alice, since, at_most=1) == 1  # stops at the limit
+    assert await store.count_recent_requests(bob, since, at_most=10) == 1
+    assert await store.count_recent_requests(str(uuid.uuid4()), since, at_most=10) == 0
+
+    # Filed under the requester, they are still what the sender finds, and marking one sent keeps its row.
+    due = {item.about: (item, etag) for item, etag in await store.due_notifications(now)}
+    assert set(due) == {item.about for item in items}
+    sent, etag = due[items[2].about]
+    assert sent.requester_id == alice and sent.kind is NotificationKind.APPROVAL_REQUEST
+    await store.save_notification(replace(sent, status=OutboxStatus.SENT, sent_at=now), etag)
+    assert items[2].about not in {item.about for item, _ in await store.due_notifications(now)}
+    assert await store.count_recent_requests(alice, since, at_most=10) == 2
