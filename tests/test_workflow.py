@@ -580,7 +580,7 @@ async def test_renewal_adds_a_device_and_supersedes_the_old_exception(
 async def test_the_daily_rate_counts_a_requesters_approval_notices_of_the_last_day(store: Store) -> None:
     from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus
 
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=123456)  # the row key holds microseconds: they must round-trip
 
     def notice(requester: str, age: timedelta) -> OutboxItem:
         at = now - age
