@@ -852,6 +852,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from shared.clients import close_all  # the app's cached SDK clients: closed on the loop before it ends
+
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = LocalHost(
@@ -863,6 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_local_settings=True,
         tenant_id=args.tenant_id,
         access_log=True,
+        on_stop=[close_all],
     )
     stopping = threading.Event()
 
