@@ -158,8 +158,10 @@ def _optional_guid(field: str, value: str | None) -> str:
 # -- submission ----------------------------------------------------------------------------------------
 
 
-def _notification(about: str, kind: NotificationKind, now: datetime, exception_id: str = "") -> OutboxItem:
-    return OutboxItem(about, kind, OutboxStatus.PENDING, now, now, exception_id=exception_id)
+def _notification(
+    about: str, kind: NotificationKind, now: datetime, exception_id: str = "", requester_id: str = ""
+) -> OutboxItem:
+    return OutboxItem(about, kind, OutboxStatus.PENDING, now, now, exception_id=exception_id, requester_id=requester_id)
 
 
 async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
@@ -203,16 +205,8 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         expires_at=now + timedelta(days=settings.request_pending_days),
         renews_exception_id=draft.renews,
     )
-    notify = [
-        OutboxItem(
-            request.id,
-            NotificationKind.APPROVAL_REQUEST,
-            OutboxStatus.PENDING,
-            now,
-            now,
-            requester_id=request.requester_id,
-        )
-    ]
+    # Filed under the requester: the approval notices are also what the daily rate counts.
+    notify = [_notification(request.id, NotificationKind.APPROVAL_REQUEST, now, requester_id=request.requester_id)]
     if settings.teams_workflow_url:
         notify.append(_notification(request.id, NotificationKind.TEAMS_CARD, now))
     try:
