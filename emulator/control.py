@@ -239,7 +239,7 @@ class ControlRoutes:
         name = body.get("display_name")
         members = body.get("members") or []
         if not isinstance(name, str) or not isinstance(members, list):
-            return _bad('body must be {"display_name", "members": [user ids or UPNs]}')
+            return _bad('body must be {"display_name", "members": [user ids, UPNs or group ids]}')
         try:
             gid = self.tenant.add_group(name, [str(m) for m in members])
         except KeyError as err:
@@ -250,7 +250,7 @@ class ControlRoutes:
         body = await self._body(request)
         member = body.get("id") or body.get("user")
         if not isinstance(member, str):
-            return _bad('body must be {"id": user id or UPN}')
+            return _bad('body must be {"id": user id, UPN or group id}')
         try:
             self.tenant.add_group_member(request.match_info["id"], member)
         except KeyError as err:

@@ -116,7 +116,7 @@ def user_of(mb: Mailbox) -> User:
 class Group:
     id: str
     display_name: str
-    members: list[str]  # user ids, in the order they were added
+    members: list[str]  # user ids and nested group ids, in the order they were added
 
 
 # Exchange Online's first-party app: what SMTP AUTH sign-ins show as the application.
@@ -410,26 +410,59 @@ class Tenant:
     # -- groups ---------------------------------------------------------------------------------
 
     def add_group(self, display_name: str, member_ids: list[str] | None = None) -> str:
-        """A security group; members are user ids (UPNs are resolved). Returns the group id."""
-        ids = [self._user_id(m) for m in member_ids or []]
+        """A security group; members are user ids (UPNs are resolved) or group ids. Returns the group id."""
+        ids = [self._member_id(m) for m in member_ids or []]
         group = Group(str(uuid.uuid4()), display_name, list(dict.fromkeys(ids)))
         with self.lock:
             self.groups[group.id] = group
         return group.id
 
-    def add_group_member(self, group_id: str, user_id: str) -> None:
-        uid = self._user_id(user_id)
+    def add_group_member(self, group_id: str, member: str) -> None:
+        """Add a user (id or UPN) or another group (id) to a group."""
+        mid = self._member_id(member)
         with self.lock:
             group = self.groups.get(group_id)
             if group is None:
                 raise KeyError(group_id)
-            if uid not in group.members:
-                group.members.append(uid)
+            if mid not in group.members:
+                group.members.append(mid)
 
-    def member_groups(self, user_id: str, group_ids: list[str]) -> list[str]:
-        """The ids in `group_ids` that `user_id` is a direct member of (no nesting), in request order."""
+    def member_groups(self, member_id: str, group_ids: list[str]) -> list[str]:
+        """The ids in `group_ids` that `member_id` belongs to, directly or through nested groups (as
+        Graph's checkMemberGroups), in request order."""
         with self.lock:
-            return [g for g in group_ids if g in self.groups and user_id in self.groups[g].members]
+            containing = self._groups_containing(member_id)
+        return [g for g in group_ids if g in containing]
+
+    def transitive_users(self, group_id: str) -> list[User]:
+        """Every user in a group or in the groups nested in it, once each (Graph's transitiveMembers)."""
+        with self.lock:
+            seen_groups: set[str] = set()
+            user_ids: list[str] = []
+            pending = [group_id]
+            while pending:
+                group = self.groups.get(pending.pop(0))
+                if group is None or group.id in seen_groups:
+                    continue
+                seen_groups.add(group.id)
+                for member in group.members:
+                    if member in self.groups:
+                        pending.append(member)
+                    elif member not in user_ids:
+                        user_ids.append(member)
+        return [u for u in (self.find_user(i) for i in user_ids) if u is not None]
+
+    def _groups_containing(self, member_id: str) -> set[str]:
+        found: set[str] = set()
+        frontier = {member_id}
+        while frontier:
+            parents = {g.id for g in self.groups.values() if frontier.intersection(g.members)} - found
+            found |= parents
+            frontier = parents
+        return found
+
+    def _member_id(self, identity: str) -> str:
+        return identity if identity in self.groups else self._user_id(identity)
 
     def _user_id(self, identity: str) -> str:
         user = self.find_user(identity)

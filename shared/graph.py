@@ -101,20 +101,20 @@ class GraphClient:
         return group_id in (result.value if result and result.value else [])
 
     async def group_member_mails(self, group_id: str) -> list[str]:
+        """Every user in the group, nested groups included: checkMemberGroups lets their members approve,
+        so they must get the mail too."""
+        users = self._client.groups.by_group_id(group_id).transitive_members.graph_user
         try:
-            page = await self._client.groups.by_group_id(group_id).members.get()
+            page = await users.get()
             mails: list[str] = []
             while page is not None:
-                mails.extend(
-                    (getattr(m, "mail", None) or getattr(m, "user_principal_name", None) or "").lower()
-                    for m in page.value or []
-                )
+                mails.extend((m.mail or m.user_principal_name or "").lower() for m in page.value or [])
                 if not page.odata_next_link:
                     break
-                page = await self._client.groups.by_group_id(group_id).members.with_url(page.odata_next_link).get()
+                page = await users.with_url(page.odata_next_link).get()
         except APIError as err:
             raise _error("list the approver group", err) from None
-        return [m for m in mails if m]
+        return list(dict.fromkeys(m for m in mails if m))
 
     async def send_mail(self, sender: str, to: Sequence[str], subject: str, html: str, text: str) -> None:
         """Send HTML with a plain-text alternative: Graph's MIME form of sendMail (base64 MIME, text/plain)."""

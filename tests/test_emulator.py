@@ -823,6 +823,33 @@ async def test_graph_sdk_groups(graph: Any, graph_server: EmulatorServer) -> Non
     assert [m.id for m in members] == [u.external_directory_object_id for u in users[:3]]
 
 
+async def test_graph_sdk_nested_groups_are_transitive(graph: Any, graph_server: EmulatorServer) -> None:
+    from msgraph.generated.models.group import Group
+    from msgraph.generated.models.user import User
+    from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
+        CheckMemberGroupsPostRequestBody,
+    )
+
+    t = graph_server.tenant
+    users = _user_mailboxes(graph_server)[:4]
+    innermost = t.add_group("Tier 3", [users[2].external_directory_object_id])
+    inner = t.add_group("Messaging admins", [users[1].external_directory_object_id, innermost])
+    outer = t.add_group("SMTP AUTH approvers", [users[0].external_directory_object_id, inner])
+    t.add_group_member(innermost, outer)  # a cycle must not loop
+
+    for user, expected in ((users[2], [outer, inner]), (users[1], [outer, inner]), (users[3], [])):
+        r = await graph.users.by_user_id(user.external_directory_object_id).check_member_groups.post(
+            CheckMemberGroupsPostRequestBody(group_ids=[outer, inner])
+        )
+        assert sorted(r.value) == sorted(expected)
+
+    direct = await graph.groups.by_group_id(outer).members.get()
+    assert [type(m) for m in direct.value] == [User, Group]  # a nested group is listed as a group
+    assert direct.value[1].id == inner
+    everyone = await graph.groups.by_group_id(outer).transitive_members.graph_user.get()
+    assert [m.id for m in everyone.value] == [u.external_directory_object_id for u in users[:3]]
+
+
 async def test_graph_sdk_send_mail(graph: Any, graph_server: EmulatorServer) -> None:
     from msgraph.generated.models.body_type import BodyType
     from msgraph.generated.models.email_address import EmailAddress

@@ -607,3 +607,22 @@ async def test_the_daily_rate_counts_a_requesters_approval_notices_of_the_last_d
     await store.save_notification(replace(sent, status=OutboxStatus.SENT, sent_at=now), etag)
     assert items[2].about not in {item.about for item, _ in await store.due_notifications(now)}
     assert await store.count_recent_requests(alice, since, at_most=10) == 2
+
+
+async def test_a_member_of_a_nested_approver_group_gets_the_mail_and_may_decide(
+    people: People, emulator: EmulatorServer, store: Store
+) -> None:
+    # Graph's checkMemberGroups is transitive, so a nested group's members may approve; they must be mailed too.
+    inner = emulator.tenant.add_group("Messaging admins", [people.outsider.external_directory_object_id])
+    emulator.tenant.add_group_member(people.group_id, inner)
+    request_id = await submitted_request(people)
+    await send_outbox()
+    (mail,) = [m for m in emulator.tenant.sent_mail if request_id in mail_text(m)]
+    assert sorted(mail["to"]) == sorted(
+        m.primary_smtp_address.lower() for m in (people.approver, people.second_approver, people.outsider)
+    )
+    page, link = await open_approval(people, emulator, request_id, user=people.outsider)
+    assert page.status == 200
+    assert (await post_decision(people, request_id, page, link, user=people.outsider)).status == 200
+    assert (await store.get_request(request_id))[0].status is RequestStatus.APPROVED
+    assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
