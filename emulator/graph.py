@@ -358,9 +358,7 @@ class GraphRoutes:
             web.post("/graph/v1.0/users/{id}/sendMail", g(self.send_mail)),
             web.get("/graph/v1.0/groups/{id}", g(self.get_group)),
             web.get("/graph/v1.0/groups/{id}/members", g(self.group_members)),
-            # The type cast, long form and the short form msgraph-sdk sends.
-            web.get("/graph/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user", g(self.transitive_users)),
-            web.get("/graph/v1.0/groups/{id}/transitiveMembers/graph.user", g(self.transitive_users)),
+            web.get("/graph/v1.0/groups/{id}/transitiveMembers", g(self.group_members)),
             web.get("/graph/v1.0/organization", g(self.organization)),
             web.get("/graph/v1.0/auditLogs/signIns", g(self.signins)),
             web.get("/graph/v1.0/policies/identitySecurityDefaultsEnforcementPolicy", g(self.security_defaults)),
@@ -520,25 +518,24 @@ class GraphRoutes:
         )
 
     async def group_members(self, request: web.Request) -> web.Response:
-        """Direct members: users, and nested groups as group objects (as Graph lists them)."""
+        """members (direct) or transitiveMembers (nested groups expanded): users, and groups as group
+        objects, each with its "@odata.type" as Graph lists them."""
         ident = request.match_info["id"]
-        with self.tenant.lock:
-            group = self.tenant.groups.get(ident)
-            member_ids = list(group.members) if group is not None else None
-            nested = {i: self.tenant.groups[i] for i in member_ids or [] if i in self.tenant.groups}
-        if member_ids is None:
+        if ident not in self.tenant.groups:
             raise not_found(ident)
+        if request.path.endswith("/transitiveMembers"):
+            member_ids = self.tenant.transitive_members(ident)
+        else:
+            with self.tenant.lock:
+                member_ids = list(self.tenant.groups[ident].members)
         select = parse_select(request, _USER_KNOWN)
         top = parse_top(request, USERS_DEFAULT_TOP, USERS_MAX_TOP)
         members: list[dict[str, Any]] = []
         for member_id in member_ids:
-            if member_id in nested:
+            group = self.tenant.groups.get(member_id)
+            if group is not None:
                 members.append(
-                    {
-                        "@odata.type": "#microsoft.graph.group",
-                        "id": member_id,
-                        "displayName": nested[member_id].display_name,
-                    }
+                    {"@odata.type": "#microsoft.graph.group", "id": group.id, "displayName": group.display_name}
                 )
             elif (user := self.tenant.find_user(member_id)) is not None:
                 members.append(
@@ -549,22 +546,6 @@ class GraphRoutes:
         if next_link:
             body["@odata.nextLink"] = next_link
         body["value"] = chunk
-        return web.json_response(body)
-
-    async def transitive_users(self, request: web.Request) -> web.Response:
-        """The users in a group and in every group nested in it, once each."""
-        ident = request.match_info["id"]
-        if ident not in self.tenant.groups:
-            raise not_found(ident)
-        select = parse_select(request, _USER_KNOWN)
-        top = parse_top(request, USERS_DEFAULT_TOP, USERS_MAX_TOP)
-        chunk, next_link = page(request, self.tenant.transitive_users(ident), top)
-        body: dict[str, Any] = {"@odata.context": f"{self._base(request)}/$metadata#users"}
-        if next_link:
-            body["@odata.nextLink"] = next_link
-        body["value"] = [
-            {"@odata.type": "#microsoft.graph.user", **project(user_json(u), select, _USER_DEFAULT)} for u in chunk
-        ]
         return web.json_response(body)
 
     # -- sendMail --------------------------------------------------------------------------------

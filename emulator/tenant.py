@@ -434,23 +434,24 @@ class Tenant:
             containing = self._groups_containing(member_id)
         return [g for g in group_ids if g in containing]
 
-    def transitive_users(self, group_id: str) -> list[User]:
-        """Every user in a group or in the groups nested in it, once each (Graph's transitiveMembers)."""
+    def transitive_members(self, group_id: str) -> list[str]:
+        """The ids of every user and group in a group or in the groups nested in it, once each, breadth
+        first (Graph's transitiveMembers; a cycle back to the group lists the group itself, once)."""
         with self.lock:
-            seen_groups: set[str] = set()
-            user_ids: list[str] = []
+            found: list[str] = []
+            expanded: set[str] = set()
             pending = [group_id]
             while pending:
                 group = self.groups.get(pending.pop(0))
-                if group is None or group.id in seen_groups:
+                if group is None or group.id in expanded:
                     continue
-                seen_groups.add(group.id)
+                expanded.add(group.id)
                 for member in group.members:
+                    if member not in found:
+                        found.append(member)
                     if member in self.groups:
                         pending.append(member)
-                    elif member not in user_ids:
-                        user_ids.append(member)
-        return [u for u in (self.find_user(i) for i in user_ids) if u is not None]
+        return found
 
     def _groups_containing(self, member_id: str) -> set[str]:
         found: set[str] = set()

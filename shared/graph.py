@@ -102,16 +102,21 @@ class GraphClient:
 
     async def group_member_mails(self, group_id: str) -> list[str]:
         """Every user in the group, nested groups included: checkMemberGroups lets their members approve,
-        so they must get the mail too."""
-        users = self._client.groups.by_group_id(group_id).transitive_members.graph_user
+        so they must get the mail too. (The `/microsoft.graph.user` cast would need advanced query
+        parameters on transitiveMembers; the nested groups are left out here instead.)"""
+        from msgraph.generated.models.user import User
+
+        members = self._client.groups.by_group_id(group_id).transitive_members
         try:
-            page = await users.get()
+            page = await members.get()
             mails: list[str] = []
             while page is not None:
-                mails.extend((m.mail or m.user_principal_name or "").lower() for m in page.value or [])
+                mails.extend(
+                    (m.mail or m.user_principal_name or "").lower() for m in page.value or [] if isinstance(m, User)
+                )
                 if not page.odata_next_link:
                     break
-                page = await users.with_url(page.odata_next_link).get()
+                page = await members.with_url(page.odata_next_link).get()
         except APIError as err:
             raise _error("list the approver group", err) from None
         return list(dict.fromkeys(m for m in mails if m))
