@@ -638,6 +638,8 @@ def _outbox_entity(item: OutboxItem) -> dict[str, Any]:
 
 
 def _outbox_from_entity(entity: dict[str, Any]) -> OutboxItem:
+    if "About" not in entity:  # written before `about` was stored: it lived beside what it is about
+        entity = {**entity, "About": entity["PartitionKey"]}
     return from_entity(OutboxItem, entity)
 
 

@@ -626,3 +626,18 @@ async def test_a_member_of_a_nested_approver_group_gets_the_mail_and_may_decide(
     assert (await post_decision(people, request_id, page, link, user=people.outsider)).status == 200
     assert (await store.get_request(request_id))[0].status is RequestStatus.APPROVED
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
+
+
+async def test_an_outbox_row_from_the_earlier_layout_is_still_sent(store: Store, storage: str) -> None:
+    from azure.data.tables.aio import TableClient
+
+    from shared.store import WORKFLOW_TABLE
+
+    await store.initialise("tenant-for-this-test", "test")
+    about, now = str(uuid.uuid4()), datetime.now(UTC)
+    row = {"PartitionKey": about, "RowKey": "outbox-revoked", "Partition": about, "Kind": "revoked"}
+    row |= {"Status": "pending", "CreatedAt": now, "NextAttemptAt": now, "Attempts": 0, "ExceptionId": about}
+    async with TableClient.from_connection_string(storage, WORKFLOW_TABLE) as table:
+        await table.create_entity(row)
+    (item, _), *_ = [found for found in await store.due_notifications(now) if found[0].about == about]
+    assert item.about == about and item.kind.value == "revoked"
