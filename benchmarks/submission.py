@@ -1,11 +1,12 @@
 """Request submission: `POST /api/exceptions` (JSON) on the local host, 20 concurrent clients.
 
 The local host runs as its own process (`python -m devservices.localhost`), with Azurite and the tenant
-emulator as separate processes too. Each client is a different signed-in user (signed in through the
-host's Easy Auth form before the clock starts) and submits requests for mailboxes nobody else asks for,
-so every request is a real one: validated, its mailbox looked up in Exchange, duplicates and the
-requester's rate checked in Table Storage, and the request stored with its notification in one
-transaction. Mail is not sent: it goes through the outbox, which this does not run.
+emulator as separate processes too. Each client takes turns among its own signed-in people (signed in
+through the host's Easy Auth form before the clock starts, under the default daily limit) and submits
+requests for mailboxes nobody else asks for, so every request is a real one: validated, its mailbox
+looked up in Exchange while the requester's daily rate is counted, the mailbox reserved, then the
+approval notice and the request stored. Mail is not sent: it goes through the outbox, which this does
+not run.
 
 Two emulated Exchange latencies: 0 ms (the app's own cost) and 30 ms with the tenant's concurrency
 limit of 4 (the same as the sweep benchmarks), where the mailbox lookup queues behind
