@@ -641,3 +641,51 @@ async def test_an_outbox_row_from_the_earlier_layout_is_still_sent(store: Store,
         await table.create_entity(row)
     (item, _), *_ = [found for found in await store.due_notifications(now) if found[0].about == about]
     assert item.about == about and item.kind.value == "revoked"
+
+
+async def test_a_request_that_cannot_be_stored_leaves_no_notice_behind(store: Store) -> None:
+    from shared.errors import StoreError
+    from shared.reconcile import AuthMethod
+    from shared.workflow_records import (
+        AlternativesReason,
+        ExceptionRequest,
+        NotificationKind,
+        OutboxItem,
+        OutboxStatus,
+        SenderKind,
+    )
+
+    await store.initialise("tenant-for-this-test", "test")
+    now, requester = datetime.now(UTC), str(uuid.uuid4())
+    request = ExceptionRequest(
+        id=str(uuid.uuid4()),
+        mailbox_guid=str(uuid.uuid4()),
+        mailbox_address="scanner@contoso.example",
+        sender_kind=SenderKind.MFP,
+        vendor="Ricoh",
+        source_ips="",
+        auth_method=AuthMethod.OAUTH,
+        alternatives_reason=AlternativesReason.NO_OAUTH_SUPPORT,
+        alternatives_detail="",
+        days=30,
+        owner="owner@contoso.example",
+        contact="Facilities",
+        ticket="",
+        requester_id=requester,
+        requester_upn="riley@contoso.example",
+        status=RequestStatus.PENDING,
+        created_at=now,
+        expires_at=now + timedelta(days=14),
+    )
+
+    def notice(at: datetime) -> OutboxItem:
+        return OutboxItem(
+            request.id, NotificationKind.APPROVAL_REQUEST, OutboxStatus.PENDING, at, at, requester_id=requester
+        )
+
+    await store.create_request(request, [notice(now)])
+    # The same request id again: its request row exists, so the second store fails after its notice.
+    with pytest.raises(StoreError):
+        await store.create_request(request, [notice(now + timedelta(seconds=1))])
+    assert await store.count_recent_requests(requester, now - timedelta(days=1), at_most=10) == 1
+    assert [item.created_at for item, _ in await store.due_notifications(now + timedelta(seconds=2))] == [now]
