@@ -130,7 +130,8 @@ class Store:
                         "InstalledAt": marker.installed_at,
                         "InstalledBy": marker.installed_by,
                         "SchemaVersion": marker.schema_version,
-                    }
+                    },
+                    **_NO_ECHO,
                 )
             except ResourceExistsError:  # another init won the race; check it is ours
                 return await self.require_marker(tenant_id), False
@@ -305,7 +306,7 @@ class Store:
 
     async def write_summary(self, summary: RunSummary) -> None:
         async with _storage_errors("write the run summary"):
-            await self._table(AUDIT_TABLE).create_entity(_summary_entity(summary))
+            await self._table(AUDIT_TABLE).create_entity(_summary_entity(summary), **_NO_ECHO)
 
     async def get_exception(self, exception_id: str) -> ExceptionRecord | None:
         async with _storage_errors("read the exception"):
@@ -477,7 +478,7 @@ class Store:
         """Enqueue a notification once; False when it was enqueued before (reminders go out once)."""
         async with _storage_errors("enqueue the notification"):
             try:
-                await self._table(WORKFLOW_TABLE).create_entity(_outbox_entity(item))
+                await self._table(WORKFLOW_TABLE).create_entity(_outbox_entity(item), **_NO_ECHO)
             except ResourceExistsError:
                 return False
         return True
@@ -560,7 +561,7 @@ async def _take_lease(table: TableClient, holder: str, expires: datetime, now: d
         current = await table.get_entity("sweep", "lease")
     except ResourceNotFoundError:
         try:
-            metadata = await table.create_entity(entity)
+            metadata = await table.create_entity(entity, **_NO_ECHO)
         except ResourceExistsError:
             raise RefusedError("another sweep took the lease at the same moment; this run stops") from None
         return str(metadata["etag"])
