@@ -358,7 +358,7 @@ class GraphRoutes:
             web.post("/graph/v1.0/users/{id}/sendMail", g(self.send_mail)),
             web.get("/graph/v1.0/groups/{id}", g(self.get_group)),
             web.get("/graph/v1.0/groups/{id}/members", g(self.group_members)),
-            web.get("/graph/v1.0/groups/{id}/transitiveMembers", g(self.group_members)),
+            web.get("/graph/v1.0/groups/{id}/transitiveMembers", g(self.group_transitive_members)),
             web.get("/graph/v1.0/organization", g(self.organization)),
             web.get("/graph/v1.0/auditLogs/signIns", g(self.signins)),
             web.get("/graph/v1.0/policies/identitySecurityDefaultsEnforcementPolicy", g(self.security_defaults)),
@@ -518,16 +518,22 @@ class GraphRoutes:
         )
 
     async def group_members(self, request: web.Request) -> web.Response:
-        """members (direct) or transitiveMembers (nested groups expanded): users, and groups as group
-        objects, each with its "@odata.type" as Graph lists them."""
+        ident = self._group_id(request)
+        with self.tenant.lock:
+            member_ids = list(self.tenant.groups[ident].members)
+        return self._members_page(request, member_ids)
+
+    async def group_transitive_members(self, request: web.Request) -> web.Response:
+        return self._members_page(request, self.tenant.transitive_members(self._group_id(request)))
+
+    def _group_id(self, request: web.Request) -> str:
         ident = request.match_info["id"]
         if ident not in self.tenant.groups:
             raise not_found(ident)
-        if request.path.endswith("/transitiveMembers"):
-            member_ids = self.tenant.transitive_members(ident)
-        else:
-            with self.tenant.lock:
-                member_ids = list(self.tenant.groups[ident].members)
+        return ident
+
+    def _members_page(self, request: web.Request, member_ids: list[str]) -> web.Response:
+        """Users, and nested groups as group objects, each with its "@odata.type" as Graph lists them."""
         select = parse_select(request, _USER_KNOWN)
         top = parse_top(request, USERS_DEFAULT_TOP, USERS_MAX_TOP)
         members: list[dict[str, Any]] = []
