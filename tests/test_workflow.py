@@ -104,6 +104,16 @@ async def post_decision(people: People, request_id: str, page: Any, link: str, u
     )
 
 
+async def decide_through_the_link(
+    people: People, emulator: EmulatorServer, request_id: str, user: Any = None, **fields: str
+) -> None:
+    """Open the link from the approval mail as an approver and post the decision; both must succeed."""
+    page, link = await open_approval(people, emulator, request_id, user=user)
+    assert page.status == 200, page.text
+    decided = await post_decision(people, request_id, page, link, user=user, **fields)
+    assert decided.status == 200, decided.text
+
+
 def set_calls(emulator: EmulatorServer) -> int:
     return sum(1 for e in emulator.calllog.entries() if e["cmdlet"] == "Set-CASMailbox" and e["kind"] != "batch")
 
@@ -149,8 +159,7 @@ async def test_approved_exception_is_respected_by_an_enforce_sweep(
     from shared.sweep import SweepRequest, run_sweep
 
     request_id = await submitted_request(people)
-    page, link = await open_approval(people, emulator, request_id)
-    assert (await post_decision(people, request_id, page, link)).status == 200
+    await decide_through_the_link(people, emulator, request_id)
     summary = await run_sweep(load_settings(), SweepRequest(full=True, mode=EnforcementMode.ENFORCE))
     assert summary.ok, summary.message
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
@@ -406,8 +415,7 @@ async def test_rate_limit_per_requester(people: People, monkeypatch: pytest.Monk
 
 async def test_revoke_switches_smtp_auth_off_again(people: People, emulator: EmulatorServer, store: Store) -> None:
     request_id = await submitted_request(people)
-    page, link = await open_approval(people, emulator, request_id)
-    assert (await post_decision(people, request_id, page, link)).status == 200
+    await decide_through_the_link(people, emulator, request_id)
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
     by_requester = await call(
         "exception_revoke",
@@ -444,8 +452,7 @@ async def test_expired_exception_is_revoked_by_the_reconcile_and_the_owner_told(
     from shared.sweep import SweepRequest, run_sweep
 
     request_id = await submitted_request(people, days="3")
-    page, link = await open_approval(people, emulator, request_id)
-    assert (await post_decision(people, request_id, page, link)).status == 200
+    await decide_through_the_link(people, emulator, request_id)
     await send_outbox()
     sent_before = len(emulator.tenant.sent_mail)
 
@@ -534,8 +541,7 @@ async def test_two_simultaneous_requests_for_one_mailbox_make_one_pending(people
 
 async def test_a_decided_request_frees_its_mailbox(people: People, emulator: EmulatorServer, store: Store) -> None:
     first = await submitted_request(people)
-    page, link = await open_approval(people, emulator, first)
-    assert (await post_decision(people, first, page, link, decision="deny", comment="Use a connector")).status == 200
+    await decide_through_the_link(people, emulator, first, decision="deny", comment="Use a connector")
     second = await submit_json(people)
     assert second.status == 201, second.text
 
@@ -558,12 +564,10 @@ async def test_renewal_adds_a_device_and_supersedes_the_old_exception(
     people: People, emulator: EmulatorServer, store: Store
 ) -> None:
     first = await submitted_request(people, vendor="Ricoh IM C3000")
-    page, link = await open_approval(people, emulator, first)
-    assert (await post_decision(people, first, page, link)).status == 200
+    await decide_through_the_link(people, emulator, first)
 
     renewal = await submitted_request(people, vendor="Canon iR-ADV C5535", renews=first, days="60")
-    page, link = await open_approval(people, emulator, renewal)
-    assert (await post_decision(people, renewal, page, link)).status == 200
+    await decide_through_the_link(people, emulator, renewal)
 
     old, new = await store.get_exception(first), await store.get_exception(renewal)
     assert old is not None and old.status.value == "superseded"
@@ -621,9 +625,7 @@ async def test_a_member_of_a_nested_approver_group_gets_the_mail_and_may_decide(
     assert sorted(mail["to"]) == sorted(
         m.primary_smtp_address.lower() for m in (people.approver, people.second_approver, people.outsider)
     )
-    page, link = await open_approval(people, emulator, request_id, user=people.outsider)
-    assert page.status == 200
-    assert (await post_decision(people, request_id, page, link, user=people.outsider)).status == 200
+    await decide_through_the_link(people, emulator, request_id, user=people.outsider)
     assert (await store.get_request(request_id))[0].status is RequestStatus.APPROVED
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
 
