@@ -20,6 +20,10 @@ class RefusedError(GuardError):
     """A safety rule stopped the run before any change (fail closed, cap, lease, stale plan)."""
 
 
+class DailyLimitError(GuardError):
+    """Someone has already submitted as many requests today (UTC) as REQUEST_RATE_LIMIT_PER_DAY allows."""
+
+
 class StoreError(GuardError):
     """Table storage could not be read or written."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from functools import cache
@@ -23,7 +23,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from shared.errors import InputError, NotInstalledError, RefusedError, StoreError, WrongTenantError
+from shared.errors import DailyLimitError, InputError, NotInstalledError, RefusedError, StoreError, WrongTenantError
 from shared.reconcile import AuthMethod, Change, ExceptionRecord, ExceptionStatus
 from shared.records import AuditEntry, PlanStatus, RunSummary, StoredPlan, tri_state
 from shared.settings import StorageConfig
@@ -43,6 +43,7 @@ PENDING_PARTITION: Final = "pending-mailbox"  # in WORKFLOW_TABLE: one row per m
 # A request's approval notice, filed under its requester by time (see _outbox_entity).
 APPROVAL_NOTICE_PREFIX: Final = f"outbox-{NotificationKind.APPROVAL_REQUEST.value}-"
 CLAIM_GRACE: Final = timedelta(minutes=5)  # a reservation whose request never appeared is freed after this
+MAX_REMEMBERED_REQUESTERS: Final = 10_000  # per worker: where each requester's next free daily slot likely is
 SCHEMA_VERSION: Final = 1
 TRANSACTION_LIMIT: Final = 100  # entities per table transaction
 PLAN_CHUNK_CHARS: Final = 30_000  # a string property holds at most 32K characters
@@ -71,6 +72,7 @@ class Store:
     def __init__(self, service: TableServiceClient) -> None:
         self._service = service
         self._tables: dict[str, TableClient] = {}  # building a client builds its whole pipeline
+        self._next_slots: dict[str, tuple[str, int]] = {}  # requester -> (UTC day, first slot to try)
 
     @classmethod
     def from_config(cls, config: StorageConfig, credential: AsyncTokenCredential) -> Store:
@@ -340,55 +342,81 @@ class Store:
 
     # -- requests and outbox -------------------------------------------------------------------------
 
-    async def create_request(self, request: ExceptionRequest, notify: Sequence[OutboxItem]) -> None:
-        """Store a new request after its notifications.
+    async def create_request(self, request: ExceptionRequest, notify: Sequence[OutboxItem], daily_limit: int) -> None:
+        """Store a new request after its notifications; DailyLimitError when its requester has no slot left today.
 
         Plain inserts: the approval notice lives in the requester's partition, so no transaction could
         hold it with the request (and the SDK's multipart encoding would cost the worker more CPU than
         the inserts: 2.05 ms against 1.12 ms for two entities, measured). The order keeps the promise
         a transaction would: a stored request always has its notifications. When a later insert fails,
-        the notifications already written are removed again, so a failed submission does not count
-        against the daily rate; if even that fails (storage down), the sender skips them later.
+        the notifications already written are removed again, so a failed submission does not use up a
+        daily slot; if even that fails (storage down), the sender skips them later.
         """
         table = self._table(WORKFLOW_TABLE)
         written: list[dict[str, Any]] = []
         async with _storage_errors("store the request"):
             try:
                 for item in notify:
+                    if item.requester_id:
+                        written.append(await self._file_approval_notice(table, item, daily_limit))
+                        continue
                     entity = _outbox_entity(item)
                     await table.create_entity(entity, **_NO_ECHO)
                     written.append(entity)
                 await table.create_entity(
                     {**to_entity(request), "PartitionKey": request.id, "RowKey": "request"}, **_NO_ECHO
                 )
-            except AzureError:
+            except (AzureError, DailyLimitError):
                 for entity in written:
                     with suppress(AzureError):
                         await table.delete_entity(entity["PartitionKey"], entity["RowKey"])
                 raise
 
-    async def count_recent_requests(self, requester_id: str, since: datetime, at_most: int) -> int:
-        """How many requests someone submitted since a moment, counted up to `at_most` (the rate limit).
+    async def _file_approval_notice(self, table: TableClient, item: OutboxItem, daily_limit: int) -> dict[str, Any]:
+        """Insert the notice into the first free of its requester's `daily_limit` slots of the UTC day.
 
-        Every request has exactly one approval notice, filed under its requester by time, so this is
-        one key range of one partition (not a scan of every request), read as one page of keys.
+        The daily rate costs no read in the usual case: an insert that fails on an existing row is the
+        check, atomic across workers. The slot this worker used last for the requester is where it
+        tries first; only a taken slot costs a read of the day's slots (one key range).
         """
-        count = 0
-        async with _storage_errors("read the requester's recent requests"):
-            async for _ in self._table(WORKFLOW_TABLE).query_entities(
-                "PartitionKey eq @pk and RowKey ge @since and RowKey lt @end",
-                parameters={
-                    "pk": _requester_partition(requester_id),
-                    "since": f"{APPROVAL_NOTICE_PREFIX}{_sortable(since)}",
-                    "end": f"{APPROVAL_NOTICE_PREFIX[:-1]}.",  # "." sorts just after the prefix's final "-"
-                },
-                select=["RowKey"],
-                results_per_page=at_most,
-            ):
-                count += 1
-                if count >= at_most:
-                    break
-        return count
+        day = _utc_day(item.created_at)
+        hinted_day, slot = self._next_slots.get(item.requester_id, (day, 0))
+        if hinted_day != day:
+            slot = 0
+        for _ in range(daily_limit + 1):  # every lost race means one more slot is taken
+            if slot < daily_limit:
+                entity = _outbox_entity(replace(item, daily_slot=slot))
+                try:
+                    await table.create_entity(entity, **_NO_ECHO)
+                except ResourceExistsError:
+                    pass
+                else:
+                    self._remember_slot(item.requester_id, day, slot + 1)
+                    return entity
+            taken = await self._taken_slots(table, item.requester_id, day)
+            slot = next((free for free in range(daily_limit) if free not in taken), daily_limit)
+            if slot == daily_limit:
+                self._remember_slot(item.requester_id, day, daily_limit)
+                raise DailyLimitError(f"at most {daily_limit} requests a day (UTC)")
+        raise DailyLimitError(f"at most {daily_limit} requests a day (UTC)")
+
+    def _remember_slot(self, requester_id: str, day: str, slot: int) -> None:
+        if len(self._next_slots) >= MAX_REMEMBERED_REQUESTERS:
+            self._next_slots.clear()  # only a hint: forgetting costs a read, never a wrong answer
+        self._next_slots[requester_id] = (day, slot)
+
+    async def _taken_slots(self, table: TableClient, requester_id: str, day: str) -> set[int]:
+        prefix = _approval_notice_key(day, None)
+        taken: set[int] = set()
+        async for e in table.query_entities(
+            "PartitionKey eq @pk and RowKey gt @start and RowKey lt @end",
+            parameters={"pk": _requester_partition(requester_id), "start": prefix, "end": f"{prefix[:-1]}."},
+            select=["RowKey"],
+        ):
+            suffix = e["RowKey"][len(prefix) :]
+            if suffix.isdigit():
+                taken.add(int(suffix))
+        return taken
 
     async def get_request(self, request_id: str) -> tuple[ExceptionRequest, str] | None:
         async with _storage_errors("read the request"):
@@ -626,21 +654,26 @@ def _requester_partition(requester_id: str) -> str:
     return f"requester-{requester_id}"
 
 
-def _sortable(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%S%f")
+def _utc_day(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%d")
+
+
+def _approval_notice_key(day: str, slot: int | None) -> str:
+    """`outbox-approval-request-{day}-{slot}`; with no slot, the prefix of that day's keys."""
+    return f"{APPROVAL_NOTICE_PREFIX}{day}-" if slot is None else f"{APPROVAL_NOTICE_PREFIX}{day}-{slot:04d}"
 
 
 def _outbox_entity(item: OutboxItem) -> dict[str, Any]:
     """Where a notification lives: beside what it is about, keyed by kind (so it is enqueued once).
 
-    A request's approval notice is filed under its requester instead, keyed by time: a requester's
-    notices of the last day are then one key range, which is the daily rate (see count_recent_requests).
-    Either way its row key starts with "outbox-", which is how the sender finds due notifications.
+    A request's approval notice is filed under its requester instead, in one of the day's numbered
+    slots: taking a free slot is the daily rate (see Store._file_approval_notice). Either way its row
+    key starts with "outbox-", which is how the sender finds due notifications.
     """
     if item.requester_id:
         keys = {
             "PartitionKey": _requester_partition(item.requester_id),
-            "RowKey": f"{APPROVAL_NOTICE_PREFIX}{_sortable(item.created_at)}-{item.about}",
+            "RowKey": _approval_notice_key(_utc_day(item.created_at), item.daily_slot),
         }
     else:
         keys = {"PartitionKey": item.about, "RowKey": f"outbox-{item.kind.value}"}

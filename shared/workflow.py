@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
 from shared.clients import Clients
-from shared.errors import GuardError, InputError, RefusedError
+from shared.errors import DailyLimitError, GuardError, InputError, RefusedError
 from shared.graph import Evidence, sign_in_window
 from shared.principal import Principal
 from shared.reconcile import AuthMethod, Change, ChangeReason, ExceptionRecord, ExceptionStatus, MailboxState
@@ -166,20 +166,13 @@ def _notification(
 
 async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
     settings = c.settings
-    limit = settings.request_rate_limit_per_day
-    # Independent reads, overlapped: each round trip is a wait in a submission's chain.
-    mailbox, recent = await asyncio.gather(
-        c.exchange.find_mailbox(draft.mailbox),
-        c.store.count_recent_requests(principal.object_id, now - timedelta(days=1), at_most=limit),
-    )
+    mailbox = await c.exchange.find_mailbox(draft.mailbox)
     if mailbox is None:
         raise HttpError(422, "that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
     if draft.renews:
         previous = await c.store.get_exception(draft.renews)
         if previous is None or previous.mailbox_guid != mailbox.guid:
             raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
-    if recent >= limit:
-        raise HttpError(429, f"at most {limit} requests a day: try again tomorrow")
     request_id = str(uuid.uuid4())
     holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
     if holder is not None:
@@ -205,15 +198,17 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         expires_at=now + timedelta(days=settings.request_pending_days),
         renews_exception_id=draft.renews,
     )
-    # Filed under the requester: the approval notices are also what the daily rate counts.
+    # Filed under the requester: the approval notice takes one of the requester's daily slots.
     notify = [_notification(request.id, NotificationKind.APPROVAL_REQUEST, now, requester_id=request.requester_id)]
     if settings.teams_workflow_url:
         notify.append(_notification(request.id, NotificationKind.TEAMS_CARD, now))
     try:
-        await c.store.create_request(request, notify)
-    except GuardError:
+        await c.store.create_request(request, notify, settings.request_rate_limit_per_day)
+    except GuardError as err:
         with suppress(GuardError):
             await c.store.release_mailbox(mailbox.guid, request_id)
+        if isinstance(err, DailyLimitError):
+            raise HttpError(429, f"{err}: try again after midnight UTC") from None
         raise
     return request
 

@@ -92,3 +92,4 @@ class OutboxItem:
     sent_at: datetime | None = None
     exception_id: str = ""
     requester_id: str = ""  # set on a request's approval notice: it is filed under its requester
+    daily_slot: int = 0  # an approval notice's place among its requester's requests that UTC day

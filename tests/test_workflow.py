@@ -16,8 +16,18 @@ from typing import Any
 import pytest
 
 from emulator.server import EmulatorServer
+from shared.errors import DailyLimitError
+from shared.reconcile import AuthMethod
 from shared.store import Store
-from shared.workflow_records import RequestStatus
+from shared.workflow_records import (
+    AlternativesReason,
+    ExceptionRequest,
+    NotificationKind,
+    OutboxItem,
+    OutboxStatus,
+    RequestStatus,
+    SenderKind,
+)
 from tests.workflow_support import (
     PUBLIC_BASE_URL,
     People,
@@ -411,6 +421,10 @@ async def test_rate_limit_per_requester(people: People, monkeypatch: pytest.Monk
     for target in targets:
         codes.append((await submit_json(people, mailbox=target.primary_smtp_address)).status)
     assert codes == [201, 201, 429]
+    refused = await submit_json(people, mailbox=people.notify.primary_smtp_address)
+    assert refused.status == 429 and "2 requests a day (UTC)" in refused.text
+    # The refused request reserved nothing: someone else may still ask for that mailbox.
+    assert (await submit_json(people, mailbox=people.notify.primary_smtp_address, user=people.outsider)).status == 201
 
 
 async def test_revoke_switches_smtp_auth_off_again(people: People, emulator: EmulatorServer, store: Store) -> None:
@@ -581,36 +595,81 @@ async def test_renewal_adds_a_device_and_supersedes_the_old_exception(
     assert wrong.status == 422 and "is not an exception of this mailbox" in wrong.text
 
 
-async def test_the_daily_rate_counts_a_requesters_approval_notices_of_the_last_day(store: Store) -> None:
-    from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus
+def stored_request(requester: str, at: datetime) -> tuple[ExceptionRequest, list[OutboxItem]]:
+    """A new request as submit_request builds it, with its approval notice filed under the requester."""
+    request = ExceptionRequest(
+        id=str(uuid.uuid4()),
+        mailbox_guid=str(uuid.uuid4()),
+        mailbox_address="scanner@contoso.example",
+        sender_kind=SenderKind.MFP,
+        vendor="Ricoh",
+        source_ips="",
+        auth_method=AuthMethod.OAUTH,
+        alternatives_reason=AlternativesReason.NO_OAUTH_SUPPORT,
+        alternatives_detail="",
+        days=30,
+        owner="owner@contoso.example",
+        contact="Facilities",
+        ticket="",
+        requester_id=requester,
+        requester_upn="riley@contoso.example",
+        status=RequestStatus.PENDING,
+        created_at=at,
+        expires_at=at + timedelta(days=14),
+    )
+    notice = OutboxItem(
+        request.id, NotificationKind.APPROVAL_REQUEST, OutboxStatus.PENDING, at, at, requester_id=requester
+    )
+    return request, [notice]
 
-    now = datetime.now(UTC).replace(microsecond=123456)  # the row key holds microseconds: they must round-trip
 
-    def notice(requester: str, age: timedelta) -> OutboxItem:
-        at = now - age
-        return OutboxItem(
-            str(uuid.uuid4()), NotificationKind.APPROVAL_REQUEST, OutboxStatus.PENDING, at, at, requester_id=requester
-        )
+async def store_or_limit(store: Store, requester: str, at: datetime, limit: int) -> str:
+    """'stored' or 'limit'; a request refused at the limit must leave nothing behind."""
+    request, notify = stored_request(requester, at)
+    try:
+        await store.create_request(request, notify, limit)
+    except DailyLimitError:
+        assert await store.get_request(request.id) is None
+        return "limit"
+    return "stored"
+
+
+async def notices_of(store: Store, requester: str, now: datetime) -> list[OutboxItem]:
+    return [item for item, _ in await store.due_notifications(now) if item.requester_id == requester]
+
+
+async def test_the_daily_rate_is_a_slot_per_request_per_utc_day(store: Store, app_env: dict[str, str]) -> None:
+    from shared.identity import build_credential
+    from shared.settings import load_settings
 
     await store.initialise("tenant-for-this-test", "test")
-    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
-    items = [notice(alice, timedelta(hours=h)) for h in (25, 23, 1)] + [notice(bob, timedelta(minutes=5))]
-    for item in items:
-        assert await store.enqueue(item)
-    since = now - timedelta(days=1)
-    assert await store.count_recent_requests(alice, since, at_most=10) == 2
-    assert await store.count_recent_requests(alice, since, at_most=1) == 1  # stops at the limit
-    assert await store.count_recent_requests(bob, since, at_most=10) == 1
-    assert await store.count_recent_requests(str(uuid.uuid4()), since, at_most=10) == 0
+    day_end = datetime(2026, 11, 27, 23, 59, 30, tzinfo=UTC)
+    alice, bob, carol = (str(uuid.uuid4()) for _ in range(3))
 
-    # Filed under the requester, they are still what the sender finds, and marking one sent keeps its row.
-    due = {item.about: (item, etag) for item, etag in await store.due_notifications(now)}
-    assert set(due) == {item.about for item in items}
-    sent, etag = due[items[2].about]
-    assert sent.requester_id == alice and sent.kind is NotificationKind.APPROVAL_REQUEST
-    await store.save_notification(replace(sent, status=OutboxStatus.SENT, sent_at=now), etag)
-    assert items[2].about not in {item.about for item, _ in await store.due_notifications(now)}
-    assert await store.count_recent_requests(alice, since, at_most=10) == 2
+    outcomes = [await store_or_limit(store, alice, day_end, limit=2) for _ in range(3)]
+    assert outcomes == ["stored", "stored", "limit"]
+    assert await store_or_limit(store, alice, day_end + timedelta(seconds=31), limit=2) == "stored"  # a new UTC day
+    later = day_end + timedelta(hours=1)
+    assert sorted(item.daily_slot for item in await notices_of(store, alice, later)) == [0, 0, 1]
+
+    # Another worker knows nothing of this one's slots: the insert that fails on a taken slot is the check.
+    credential = build_credential()
+    async with Store.from_config(load_settings().storage, credential) as other:
+        assert await store_or_limit(store, bob, day_end, limit=2) == "stored"
+        assert await store_or_limit(other, bob, day_end, limit=2) == "stored"
+        assert await store_or_limit(other, bob, day_end, limit=2) == "limit"
+        assert await store_or_limit(store, bob, day_end, limit=2) == "limit"
+        # Both workers at once, racing for the same slots: exactly the limit gets through.
+        racing = await asyncio.gather(*(store_or_limit(s, carol, day_end, limit=3) for s in (store, other) * 4))
+    await credential.close()
+    assert sorted(racing) == ["limit"] * 5 + ["stored"] * 3
+    assert sorted(item.daily_slot for item in await notices_of(store, carol, later)) == [0, 1, 2]
+
+    # The sender finds notices in their slots, and marking one sent keeps its row, so it still counts.
+    sent, etag = next((i, e) for i, e in await store.due_notifications(later) if i.requester_id == carol)
+    await store.save_notification(replace(sent, status=OutboxStatus.SENT, sent_at=later), etag)
+    assert len(await notices_of(store, carol, later)) == 2
+    assert await store_or_limit(store, carol, day_end, limit=3) == "limit"
 
 
 async def test_a_member_of_a_nested_approver_group_gets_the_mail_and_may_decide(
@@ -647,47 +706,15 @@ async def test_an_outbox_row_from_the_earlier_layout_is_still_sent(store: Store,
 
 async def test_a_request_that_cannot_be_stored_leaves_no_notice_behind(store: Store) -> None:
     from shared.errors import StoreError
-    from shared.reconcile import AuthMethod
-    from shared.workflow_records import (
-        AlternativesReason,
-        ExceptionRequest,
-        NotificationKind,
-        OutboxItem,
-        OutboxStatus,
-        SenderKind,
-    )
 
     await store.initialise("tenant-for-this-test", "test")
     now, requester = datetime.now(UTC), str(uuid.uuid4())
-    request = ExceptionRequest(
-        id=str(uuid.uuid4()),
-        mailbox_guid=str(uuid.uuid4()),
-        mailbox_address="scanner@contoso.example",
-        sender_kind=SenderKind.MFP,
-        vendor="Ricoh",
-        source_ips="",
-        auth_method=AuthMethod.OAUTH,
-        alternatives_reason=AlternativesReason.NO_OAUTH_SUPPORT,
-        alternatives_detail="",
-        days=30,
-        owner="owner@contoso.example",
-        contact="Facilities",
-        ticket="",
-        requester_id=requester,
-        requester_upn="riley@contoso.example",
-        status=RequestStatus.PENDING,
-        created_at=now,
-        expires_at=now + timedelta(days=14),
-    )
-
-    def notice(at: datetime) -> OutboxItem:
-        return OutboxItem(
-            request.id, NotificationKind.APPROVAL_REQUEST, OutboxStatus.PENDING, at, at, requester_id=requester
-        )
-
-    await store.create_request(request, [notice(now)])
+    request, notify = stored_request(requester, now)
+    await store.create_request(request, notify, 2)
     # The same request id again: its request row exists, so the second store fails after its notice.
+    again = [replace(notify[0], created_at=now + timedelta(seconds=1))]
     with pytest.raises(StoreError):
-        await store.create_request(request, [notice(now + timedelta(seconds=1))])
-    assert await store.count_recent_requests(requester, now - timedelta(days=1), at_most=10) == 1
-    assert [item.created_at for item, _ in await store.due_notifications(now + timedelta(seconds=2))] == [now]
+        await store.create_request(request, again, 2)
+    assert [item.created_at for item in await notices_of(store, requester, now + timedelta(seconds=2))] == [now]
+    # Its slot was given back: the requester's second request of the day still fits under a limit of 2.
+    assert await store_or_limit(store, requester, now, limit=2) == "stored"
