@@ -156,6 +156,9 @@ class ExchangeClient:
                 await response.read()
             except AzureError as err:
                 raise ExchangeError(f"{cmdlet}: the Exchange endpoint could not be reached: {err}") from err
+        # Let the caller waiting for the slot send its call before this one parses and goes on: the
+        # tenant's concurrency limit is the bottleneck, so each slot should be busy again at once.
+        await asyncio.sleep(0)
         if response.status_code >= 400:
             raise command_error(cmdlet, response.status_code, _json_or_none(response))
         payload = _json_or_none(response)
