@@ -11,6 +11,10 @@ not run.
 Two emulated Exchange latencies: 0 ms (the app's own cost) and 30 ms with the tenant's concurrency
 limit of 4 (the same as the sweep benchmarks), where the mailbox lookup queues behind
 EXCHANGE_CONCURRENCY=4.
+
+Each latency runs as several trials, each with fresh processes, and the summary takes the median: this
+VM's speed drifts by a quarter within minutes, which moves a single run's p95 by 10-30 ms. Before each
+trial a fixed CPU workload is timed ("calibration"), so a slow trial can be told apart from a slow app.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ PER_CLIENT: Final = 40
 WARMUP_PER_CLIENT: Final = 10  # the first few hundred submissions ran slower in the runs measured: skip them
 QUICK_PER_CLIENT: Final = 5
 LATENCIES_MS: Final = (0.0, 30.0)
+TRIALS: Final = 5
+TARGET_P95_MS: Final = 100.0
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -132,7 +138,7 @@ async def _load(
 def _one(latency_ms: float, per_client: int) -> dict[str, Any]:
     needed = CLIENTS * (per_client + WARMUP_PER_CLIENT)
     options = EmulatorOptions(mailboxes=max(1000, needed + 100), latency_ms=latency_ms, concurrency_limit=4)
-    print(f"\n-- {CLIENTS} clients x {per_client} requests, Exchange latency {latency_ms:.0f} ms")
+    print(f"{CLIENTS} clients x {per_client} requests, Exchange latency {latency_ms:.0f} ms")
     with Azurite() as azurite, EmulatorProcess(options) as emulator:
         users = emulator.control("GET", "users")
         mailboxes = [m["address"] for m in emulator.mailboxes()]
@@ -207,49 +213,82 @@ def _one(latency_ms: float, per_client: int) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "host_peak_rss_mib": rss,
         "cpu_s_incl_warmup": cpu,
-        "target_p95_ms": 100,
     }
-    row["target_met"] = row["p95_ms"] < 100 and set(statuses) == {201}
     log(f"  p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, {row['throughput_rps']} req/s, statuses {dict(statuses)}")
     log(f"  CPU seconds (sign-in, warm-up and measured phase): {cpu}")
     return row
 
 
+TRIAL_COLUMNS: Final = (
+    ("Exchange latency ms", "latency_ms"),
+    ("trial", "trial"),
+    ("calibration ms", "calibration_ms"),
+    ("p50 ms", "p50_ms"),
+    ("p95 ms", "p95_ms"),
+    ("p99 ms", "p99_ms"),
+    ("req/s", "throughput_rps"),
+    ("statuses", "statuses"),
+)
+SUMMARY_COLUMNS: Final = (
+    ("Exchange latency ms", "latency_ms"),
+    ("trials", "trials"),
+    ("p50 ms (median)", "p50_ms_median"),
+    ("p95 ms (median)", "p95_ms_median"),
+    ("p95 range", "p95_ms_range"),
+    ("req/s (median)", "throughput_rps_median"),
+    (f"trials with p95 < {TARGET_P95_MS:.0f} ms", "trials_under_target"),
+)
+
+
+def _calibration_ms() -> float:
+    """Milliseconds for a fixed pure-Python workload (JSON round trips): the VM's speed right now."""
+    document = {"mailbox": "scanner@contoso.example", "days": 30, "devices": ["Ricoh IM C3000"] * 8}
+    started = time.perf_counter()
+    for _ in range(20_000):
+        json.loads(json.dumps(document))
+    return round(1000 * (time.perf_counter() - started), 1)
+
+
+def _summary(latency_ms: float, trials: list[dict[str, Any]]) -> dict[str, Any]:
+    p95s = [t["p95_ms"] for t in trials]
+    ok = [t for t in trials if set(t["statuses"]) == {201}]
+    return {
+        "latency_ms": latency_ms,
+        "trials": len(trials),
+        "requests_per_trial": trials[0]["requests"],
+        "p50_ms_median": round(statistics.median(t["p50_ms"] for t in trials), 1),
+        "p95_ms_median": round(statistics.median(p95s), 1),
+        "p95_ms_range": [min(p95s), max(p95s)],
+        "throughput_rps_median": round(statistics.median(t["throughput_rps"] for t in trials), 1),
+        "trials_under_target": sum(1 for t in ok if t["p95_ms"] < TARGET_P95_MS),
+        "all_201": len(ok) == len(trials),
+    }
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     per_client = QUICK_PER_CLIENT if quick else PER_CLIENT
-    print(f"\n== request submission: {CLIENTS} concurrent clients on the local host")
-    rows = [_one(latency, per_client) for latency in LATENCIES_MS]
+    trials = 1 if quick else TRIALS
+    print(f"\n== request submission: {CLIENTS} concurrent clients on the local host, {trials} trial(s) per latency")
+    runs: list[dict[str, Any]] = []
+    for latency in LATENCIES_MS:
+        for trial in range(1, trials + 1):
+            calibration = _calibration_ms()
+            print(f"\n-- trial {trial}/{trials} (calibration {calibration} ms):", end=" ")
+            runs.append({**_one(latency, per_client), "trial": trial, "calibration_ms": calibration})
     print()
-    print(
-        table(
-            [
-                "Exchange latency ms",
-                "requests",
-                "statuses",
-                "p50 ms",
-                "p95 ms",
-                "p99 ms",
-                "max ms",
-                "req/s",
-                "host peak RSS MiB",
-            ],
-            [
-                [
-                    r["latency_ms"],
-                    r["requests"],
-                    r["statuses"],
-                    r["p50_ms"],
-                    r["p95_ms"],
-                    r["p99_ms"],
-                    r["max_ms"],
-                    r["throughput_rps"],
-                    r["host_peak_rss_mib"],
-                ]
-                for r in rows
-            ],
-        )
-    )
-    result = {"benchmark": "submission", "quick": quick, "clients": CLIENTS, "per_client": per_client, "runs": rows}
+    print(table([header for header, _ in TRIAL_COLUMNS], [[r[key] for _, key in TRIAL_COLUMNS] for r in runs]))
+    summaries = [_summary(latency, [r for r in runs if r["latency_ms"] == latency]) for latency in LATENCIES_MS]
+    print()
+    print(table([header for header, _ in SUMMARY_COLUMNS], [[s[key] for _, key in SUMMARY_COLUMNS] for s in summaries]))
+    result = {
+        "benchmark": "submission",
+        "quick": quick,
+        "clients": CLIENTS,
+        "per_client": per_client,
+        "target_p95_ms": TARGET_P95_MS,
+        "summary": summaries,
+        "runs": runs,
+    }
     path = write_artifact("submission-quick" if quick else "submission", result)
     print(f"written {path}")
     return result

@@ -54,8 +54,12 @@ Handler = Callable[[func.HttpRequest, Principal, Clients], Awaitable[func.HttpRe
 
 def _error_response(req: func.HttpRequest, err: HttpError) -> func.HttpResponse:
     if wants_json(req):
-        return json_response({"error": err.message, "errors": err.errors}, err.status)
-    return html("message.html", err.status, title="Request refused", message=err.message, errors=err.errors)
+        response = json_response({"error": err.message, "errors": err.errors}, err.status)
+    else:
+        response = html("message.html", err.status, title="Request refused", message=err.message, errors=err.errors)
+    if err.retry_after is not None:
+        response.headers["Retry-After"] = str(err.retry_after)
+    return response
 
 
 def endpoint(handler: Handler) -> Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]:

@@ -34,10 +34,13 @@ SECURITY_HEADERS: Final = {
 class HttpError(GuardError):
     """An answer other than success, with field messages when the input was at fault."""
 
-    def __init__(self, status: int, message: str, errors: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, errors: Mapping[str, str] | None = None, retry_after: int | None = None
+    ) -> None:
         self.status = status
         self.message = message
         self.errors = dict(errors or {})
+        self.retry_after = retry_after  # seconds, sent as Retry-After
         super().__init__(message)
 
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -208,7 +209,9 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         with suppress(GuardError):
             await c.store.release_mailbox(mailbox.guid, request_id)
         if isinstance(err, DailyLimitError):
-            raise HttpError(429, f"{err}: try again after midnight UTC") from None
+            midnight = datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time.min, UTC)
+            wait = math.ceil((midnight - now).total_seconds())
+            raise HttpError(429, f"{err}: try again after midnight UTC", retry_after=wait) from None
         raise
     return request
 

@@ -423,6 +423,7 @@ async def test_rate_limit_per_requester(people: People, monkeypatch: pytest.Monk
     assert codes == [201, 201, 429]
     refused = await submit_json(people, mailbox=people.notify.primary_smtp_address)
     assert refused.status == 429 and "2 requests a day (UTC)" in refused.text
+    assert 0 < int(refused.headers["Retry-After"]) <= 86_400  # until midnight UTC
     # The refused request reserved nothing: someone else may still ask for that mailbox.
     assert (await submit_json(people, mailbox=people.notify.primary_smtp_address, user=people.outsider)).status == 201
 
