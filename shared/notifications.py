@@ -48,7 +48,7 @@ async def send_due(c: Clients, now: datetime | None = None) -> SendReport:
     now = now or now_utc()
     await c.require_installed()
     sent = failed = skipped = 0
-    for item, etag in (await c.store.due_notifications(now))[:BATCH]:
+    for item, ref in (await c.store.due_notifications(now))[:BATCH]:
         try:
             delivered = await _deliver(c, item, now)
         except GuardError as err:
@@ -59,13 +59,13 @@ async def send_due(c: Clients, now: datetime | None = None) -> SendReport:
                 item, attempts=attempts, last_error=str(err)[:1000], next_attempt_at=now + retry_delay(attempts)
             )
             with suppress(RefusedError):  # another instance handled it
-                await c.store.save_notification(retry, etag)
+                await c.store.save_notification(retry, ref)
             continue
         sent += 1 if delivered else 0
         skipped += 0 if delivered else 1
         with suppress(RefusedError):
             await c.store.save_notification(
-                replace(item, status=OutboxStatus.SENT, sent_at=now, attempts=item.attempts + 1), etag
+                replace(item, status=OutboxStatus.SENT, sent_at=now, attempts=item.attempts + 1), ref
             )
     return SendReport(sent, failed, skipped)
 

@@ -68,6 +68,19 @@ class SweepState:
     full_pending: bool
 
 
+@dataclass(frozen=True, slots=True)
+class NoticeRef:
+    """Which row a due notification was read from, and its version: what save_notification updates.
+
+    Saving goes back to that row rather than to the key the item would get today, so a row written
+    under an earlier key layout is marked sent too, instead of being sent again on every run.
+    """
+
+    partition_key: str
+    row_key: str
+    etag: str
+
+
 class Store:
     def __init__(self, service: TableServiceClient) -> None:
         self._service = service
@@ -511,7 +524,7 @@ class Store:
                 return False
         return True
 
-    async def due_notifications(self, now: datetime) -> list[tuple[OutboxItem, str]]:
+    async def due_notifications(self, now: datetime) -> list[tuple[OutboxItem, NoticeRef]]:
         async with _storage_errors("read the outbox"):
             rows = [
                 e
@@ -520,20 +533,18 @@ class Store:
                     parameters={"pending": OutboxStatus.PENDING.value, "now": now},
                 )
             ]
-        return [(_outbox_from_entity(e), e.metadata["etag"]) for e in rows]
+        return [(_outbox_from_entity(e), NoticeRef(e["PartitionKey"], e["RowKey"], e.metadata["etag"])) for e in rows]
 
-    async def save_notification(self, item: OutboxItem, etag: str) -> str:
+    async def save_notification(self, item: OutboxItem, ref: NoticeRef) -> NoticeRef:
+        entity = {**_outbox_entity(item), "PartitionKey": ref.partition_key, "RowKey": ref.row_key}
         async with _storage_errors("update the outbox"):
             try:
                 metadata = await self._table(WORKFLOW_TABLE).update_entity(
-                    _outbox_entity(item),
-                    mode=UpdateMode.REPLACE,
-                    etag=etag,
-                    match_condition=MatchConditions.IfNotModified,
+                    entity, mode=UpdateMode.REPLACE, etag=ref.etag, match_condition=MatchConditions.IfNotModified
                 )
             except ResourceModifiedError:
                 raise RefusedError("another sender handled this notification") from None
-        return str(metadata["etag"])
+        return replace(ref, etag=str(metadata["etag"]))
 
     async def list_audit(self, run_id: str) -> list[dict[str, Any]]:
         async with _storage_errors("read the audit trail"):

@@ -667,8 +667,8 @@ async def test_the_daily_rate_is_a_slot_per_request_per_utc_day(store: Store, ap
     assert sorted(item.daily_slot for item in await notices_of(store, carol, later)) == [0, 1, 2]
 
     # The sender finds notices in their slots, and marking one sent keeps its row, so it still counts.
-    sent, etag = next((i, e) for i, e in await store.due_notifications(later) if i.requester_id == carol)
-    await store.save_notification(replace(sent, status=OutboxStatus.SENT, sent_at=later), etag)
+    sent, ref = next((i, r) for i, r in await store.due_notifications(later) if i.requester_id == carol)
+    await store.save_notification(replace(sent, status=OutboxStatus.SENT, sent_at=later), ref)
     assert len(await notices_of(store, carol, later)) == 2
     assert await store_or_limit(store, carol, day_end, limit=3) == "limit"
 
@@ -690,19 +690,33 @@ async def test_a_member_of_a_nested_approver_group_gets_the_mail_and_may_decide(
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
 
 
-async def test_an_outbox_row_from_the_earlier_layout_is_still_sent(store: Store, storage: str) -> None:
+async def test_outbox_rows_from_earlier_layouts_are_sent_and_marked_sent_once(store: Store, storage: str) -> None:
     from azure.data.tables.aio import TableClient
 
     from shared.store import WORKFLOW_TABLE
 
     await store.initialise("tenant-for-this-test", "test")
-    about, now = str(uuid.uuid4()), datetime.now(UTC)
-    row = {"PartitionKey": about, "RowKey": "outbox-revoked", "Partition": about, "Kind": "revoked"}
-    row |= {"Status": "pending", "CreatedAt": now, "NextAttemptAt": now, "Attempts": 0, "ExceptionId": about}
+    about, request_id, requester, now = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
+    pending = {"Status": "pending", "CreatedAt": now, "NextAttemptAt": now, "Attempts": 0}
+    # No `About` column: it lived beside what it was about.
+    revoked = {"PartitionKey": about, "RowKey": "outbox-revoked", "Kind": "revoked", "ExceptionId": about} | pending
+    # An approval notice keyed by time, before the daily slots.
+    timed_key = f"outbox-approval-request-{now:%Y%m%dT%H%M%S%f}-{request_id}"
+    approval = {"PartitionKey": f"requester-{requester}", "RowKey": timed_key, "About": request_id}
+    approval |= {"Kind": "approval-request", "RequesterId": requester} | pending
     async with TableClient.from_connection_string(storage, WORKFLOW_TABLE) as table:
-        await table.create_entity(row)
-    (item, _), *_ = [found for found in await store.due_notifications(now) if found[0].about == about]
-    assert item.about == about and item.kind.value == "revoked"
+        await table.create_entity(revoked)
+        await table.create_entity(approval)
+        due = {item.about: (item, ref) for item, ref in await store.due_notifications(now)}
+        assert due[about][0].kind is NotificationKind.REVOKED
+        assert due[request_id][0].kind is NotificationKind.APPROVAL_REQUEST
+        for item, ref in due.values():
+            await store.save_notification(replace(item, status=OutboxStatus.SENT, sent_at=now), ref)
+        assert await store.due_notifications(now) == []  # marked sent where they are, so never sent again
+        rows = [e async for e in table.list_entities()]
+    assert sorted(e["RowKey"] for e in rows if e["RowKey"].startswith("outbox-")) == sorted(
+        ["outbox-revoked", timed_key]
+    )
 
 
 async def test_a_request_that_cannot_be_stored_leaves_no_notice_behind(store: Store) -> None:
