@@ -9,6 +9,7 @@ a session get a 302 to the sign-in page (browsers) or a 401 (APIs), except on an
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import logging
@@ -35,11 +36,16 @@ SESSION_TTL_SECONDS: Final = 8 * 3600  # App Service's default session lifetime
 RESERVED_HEADER_PREFIXES: Final = ("x-ms-client-principal", "x-ms-token-")
 CLAIM_OID: Final = "http://schemas.microsoft.com/identity/claims/objectidentifier"
 CLAIM_TID: Final = "http://schemas.microsoft.com/identity/claims/tenantid"
-# The sign-in page needs no script and may only post to itself.
+# The sign-in page's one script keeps the URL fragment (an approval link's code) through sign-in, as
+# App Service does with `preserveUrlFragmentsForLogins`: a form post would drop it. The page may only
+# post to itself, and CSP allows that script by hash.
+KEEP_FRAGMENT_SCRIPT: Final = 'document.getElementById("sign-in").action += location.hash;'
 PAGE_HEADERS: Final = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "frame-ancestors 'none'",
+    "frame-ancestors 'none'; script-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(KEEP_FRAGMENT_SCRIPT.encode()).digest()).decode()
+    + "'",
     "X-Content-Type-Options": "nosniff",
 }
 
@@ -336,12 +342,13 @@ def _login_form(users: Sequence[Mapping[str, Any]], redirect: str) -> str:
     )
     return (
         "<p>Local sign-in for development: no password, no tokens.</p>\n"
-        f'<form method="post" action="{LOGIN_PATH}">\n'
+        f'<form id="sign-in" method="post" action="{LOGIN_PATH}">\n'
         f'<input type="hidden" name="post_login_redirect_uri" value="{html.escape(redirect)}">\n'
         '<p><label for="user_id">Sign in as</label>\n'
         f'<select id="user_id" name="user_id" required>\n{options}\n</select></p>\n'
         '<p><button type="submit">Sign in</button></p>\n'
-        "</form>"
+        "</form>\n"
+        f"<script>{KEEP_FRAGMENT_SCRIPT}</script>"
     )
 
 

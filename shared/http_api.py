@@ -21,6 +21,7 @@ from shared.settings import SettingsError, load_workflow_settings
 from shared.store import Store
 from shared.web import (
     CSRF_FIELD,
+    LINK_CODE_HEADERS,
     HttpError,
     check_csrf,
     csrf_token,
@@ -37,7 +38,6 @@ from shared.workflow import (
     decide,
     gather_evidence,
     is_approver,
-    link_token_valid,
     longest_days,
     now_utc,
     public_request,
@@ -175,18 +175,18 @@ async def approval_page(req: func.HttpRequest, principal: Principal, c: Clients)
         raise HttpError(404, "no such request")
     request, _ = loaded
     now = now_utc()
-    token = req.params.get("token", "")
-    if request.status is RequestStatus.PENDING and not link_token_valid(request, token, now):
-        raise HttpError(403, "this approval link is invalid, used or expired")
-    evidence = await gather_evidence(c, request, now) if request.status is RequestStatus.PENDING else None
+    # The link's code is in the URL fragment, which never reaches a server: only the POST checks it.
+    lapsed = request.status is RequestStatus.PENDING and now >= request.expires_at
+    open_for_decision = request.status is RequestStatus.PENDING and not lapsed
+    evidence = await gather_evidence(c, request, now) if open_for_decision else None
     csrf, cookie = csrf_token(req, c.settings.public_base_url)
     return html(
         "approval.html",
         200,
-        cookie,
+        {**LINK_CODE_HEADERS, **cookie},
         request=request,
         evidence=evidence,
-        token=token,
+        lapsed=lapsed,
         csrf=csrf,
         csrf_field=CSRF_FIELD,
         self_request=principal.object_id == request.requester_id,
@@ -199,9 +199,7 @@ async def approval_decision(req: func.HttpRequest, principal: Principal, c: Clie
     fields = read_input(req)
     if not is_json_body(req):
         check_csrf(req, fields, c.settings.public_base_url)
-    result = await decide(
-        c, _route_id(req), principal, fields.get("token") or req.params.get("token"), fields, now_utc()
-    )
+    result = await decide(c, _route_id(req), principal, fields.get("token"), fields, now_utc())  # never from a URL
     if wants_json(req):
         return json_response(
             {**public_request(result.request), "applied": result.applied, "apply_error": result.apply_error}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import json
 import secrets
@@ -20,10 +22,11 @@ MAX_BODY_BYTES: Final = 16 * 1024
 MAX_FORM_FIELDS: Final = 40
 CSRF_COOKIE: Final = "smtpguard_csrf"
 CSRF_FIELD: Final = "csrf_token"
-# The approval link carries its token in the query: never let it leave in a Referer header.
+_CSP: Final = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS: Final = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": _CSP,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -49,7 +52,7 @@ def templates() -> Environment:
     return Environment(
         loader=PackageLoader("shared", "templates"),
         # HTML pages and mail are escaped; the plain-text mail part and the subject are not HTML.
-        autoescape=select_autoescape(enabled_extensions=("html",), disabled_extensions=("txt",), default=True),
+        autoescape=select_autoescape(enabled_extensions=("html",), disabled_extensions=("txt", "js"), default=True),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -58,6 +61,15 @@ def templates() -> Environment:
 
 def render_text(name: str, **context: Any) -> str:
     return templates().get_template(name).render(**context)
+
+
+def _script_policy(script: str) -> dict[str, str]:
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    return {"Content-Security-Policy": f"{_CSP}; script-src 'sha256-{digest}'"}
+
+
+# The approval page's one script, which reads the link's code from the URL fragment; CSP allows it by hash.
+LINK_CODE_HEADERS: Final = _script_policy(render_text("link_code.js"))
 
 
 def html(name: str, status: int = 200, headers: Mapping[str, str] | None = None, **context: Any) -> func.HttpResponse:

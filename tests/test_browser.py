@@ -86,6 +86,10 @@ def test_request_and_approve_in_two_browsers(site: Site, browser: Any, emulator:
     sign_in(approval, people.approver.external_directory_object_id)
     approval.wait_for_url(f"{base}/api/approvals/**")
     assert "Opening this page changes nothing" in approval.content()
+    # The link's code came through sign-in in the fragment, went into the form, and left the address bar.
+    assert approval.locator("#token").input_value() == link.split("#token=", 1)[1]
+    assert approval.locator("#link-code").is_hidden()
+    assert "token" not in approval.url
     assert tenant.find(people.printer.guid).smtp_client_authentication_disabled is True
     shot(approval, "04-approval-page")
 

@@ -184,8 +184,9 @@ async def test_forged_replayed_expired_and_foreign_tokens_are_refused(
 ) -> None:
     first = await submitted_request(people)
     page, link = await open_approval(people, emulator, first)
-    forged = link.split("token=")[0] + "token=" + "A" * 43
-    assert (await call("approval_page", "GET", forged, user=people.approver, route_params={"id": first})).status == 403
+    token_of_first = link.split("#token=", 1)[1]
+    assert "?token=" not in mail_text(emulator.tenant.sent_mail[-1])  # the code rides after "#", never in a query
+    assert token_of_first not in page.text  # the server never saw it, so the page cannot echo it
     csrf, cookie = csrf_from(page)
 
     async def post(request_id: str, token: str) -> int:
@@ -202,8 +203,17 @@ async def test_forged_replayed_expired_and_foreign_tokens_are_refused(
         return response.status
 
     assert await post(first, "A" * 43) == 403
+    in_query = await call(
+        "approval_decision",
+        "POST",
+        f"/api/approvals/{first}?token={token_of_first}",
+        user=people.approver,
+        form={"csrf_token": csrf, "decision": "approve"},
+        cookie=cookie,
+        route_params={"id": first},
+    )
+    assert in_query.status == 403  # a code in a URL is never taken: URLs end up in logs
     second = await submitted_request(people, mailbox=people.outsider.primary_smtp_address)
-    token_of_first = link.split("token=", 1)[1]
     assert await post(second, token_of_first) == 403  # another request's token
     assert (await store.get_request(second))[0].status is RequestStatus.PENDING
 
@@ -217,6 +227,23 @@ async def test_forged_replayed_expired_and_foreign_tokens_are_refused(
     await store.update_request(request, etag)
     assert await post(second, link_second.split("token=", 1)[1]) == 403  # expired
     assert (await store.get_request(second))[0].status is RequestStatus.PENDING
+    lapsed = await call("approval_page", "GET", link_second, user=people.approver, route_params={"id": second})
+    assert lapsed.status == 200 and "lapsed" in lapsed.text and 'name="decision"' not in lapsed.text
+
+
+async def test_the_approval_page_script_is_the_one_its_policy_allows(people: People, emulator: EmulatorServer) -> None:
+    import base64
+    import hashlib
+    import re
+
+    request_id = await submitted_request(people)
+    page, _ = await open_approval(people, emulator, request_id)
+    scripts = re.findall(r"<script>(.*?)</script>", page.text, flags=re.DOTALL)
+    assert len(scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+    policy = page.headers["Content-Security-Policy"]
+    assert f"script-src 'sha256-{digest}'" in policy and "default-src 'none'" in policy
+    assert 'id="token" name="token"' in page.text  # a field to paste the code into when scripts cannot run
 
 
 async def test_only_group_approvers_decide_and_never_their_own_request(
