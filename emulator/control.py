@@ -70,6 +70,7 @@ class ControlRoutes:
             web.get("/_emulator/mailboxes", self.list_mailboxes),
             web.post("/_emulator/mailboxes", self.add_mailbox),
             web.post("/_emulator/mailboxes/{identity}/smtp", self.set_smtp),
+            web.post("/_emulator/mailboxes/{identity}/authentication-policy", self.set_authentication_policy),
             web.get("/_emulator/faults", self.get_faults),
             web.put("/_emulator/faults", self.put_faults),
             web.delete("/_emulator/faults", self.delete_faults),
@@ -128,6 +129,19 @@ class ControlRoutes:
             return _bad(f"no mailbox {request.match_info['identity']!r}", 404)
         return web.json_response(mailbox_json(mb))
 
+    async def set_authentication_policy(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _bad("body must be JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("policy", 0), (str, type(None))):
+            return _bad('body must be {"policy": "<name>"|null}')
+        try:
+            mb = self.tenant.assign_authentication_policy(request.match_info["identity"], body["policy"])
+        except KeyError:
+            return _bad(f"no mailbox {request.match_info['identity']!r}", 404)
+        return web.json_response({"guid": mb.guid, "authentication_policy": body["policy"]})
+
     async def get_faults(self, request: web.Request) -> web.Response:
         return web.json_response(self.faults.to_dict())
 
@@ -165,6 +179,7 @@ class ControlRoutes:
             "domain": t.domain,
             "smtp_client_authentication_disabled": t.org_smtp_client_authentication_disabled,
             "authentication_policies": t.authentication_policies,
+            "default_authentication_policy": t.default_authentication_policy,
             "mailbox_count": len(t),
         }
 
@@ -180,6 +195,9 @@ class ControlRoutes:
             return _bad("body must be an object")
         flag = body.get("smtp_client_authentication_disabled")
         policies = body.get("authentication_policies")
+        default = body.get("default_authentication_policy")
+        if not isinstance(default, (str, type(None))):
+            return _bad("default_authentication_policy must be a policy name or null")
         if "smtp_client_authentication_disabled" in body and not isinstance(flag, bool):
             return _bad("smtp_client_authentication_disabled must be true or false")
         if policies is not None and not (
@@ -191,6 +209,8 @@ class ControlRoutes:
                 self.tenant.org_smtp_client_authentication_disabled = flag
             if policies is not None:
                 self.tenant.authentication_policies = policies
+            if "default_authentication_policy" in body:
+                self.tenant.default_authentication_policy = default
         return web.json_response(self._org())
 
     # -- Graph side ---------------------------------------------------------------------------------

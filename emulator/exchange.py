@@ -286,6 +286,8 @@ class ExchangeService:
             "get-casmailbox": self._get_casmailbox,
             "get-transportconfig": self._get_transport_config,
             "get-authenticationpolicy": self._get_authentication_policy,
+            "get-user": self._get_user,
+            "get-organizationconfig": self._get_organization_config,
             "set-casmailbox": self._set_casmailbox,
         }
 
@@ -432,6 +434,36 @@ class ExchangeService:
             if not out:
                 raise not_found(call.identity)
         return out, None, []
+
+    def _get_user(self, call: Call) -> tuple[list[dict[str, Any]], str | None, list[str]]:
+        """Only `-Identity` (a guid, address or UPN): the user behind a mailbox, with its AuthenticationPolicy."""
+        _check_params(call, {"Identity"})
+        if not call.identity:
+            raise bad_parameter("Get-User needs -Identity here.")
+        with self.tenant.lock:
+            mb = self.tenant.find(call.identity)
+            policy = self.tenant.user_authentication_policies.get(mb.guid) if mb else None
+        if mb is None:
+            raise not_found(call.identity)
+        user = {
+            "Identity": mb.alias,
+            "Name": mb.alias,
+            "DisplayName": mb.display_name,
+            "Guid": mb.guid,
+            "ExternalDirectoryObjectId": mb.external_directory_object_id,
+            "UserPrincipalName": mb.user_principal_name,
+            "RecipientTypeDetails": mb.recipient_type_details,
+            "AuthenticationPolicy": policy,
+        }
+        return [user], None, []
+
+    def _get_organization_config(self, call: Call) -> tuple[list[dict[str, Any]], str | None, list[str]]:
+        _check_params(call, set())
+        t = self.tenant
+        with t.lock:
+            default = t.default_authentication_policy
+        config = {"Identity": t.domain, "Name": t.domain, "DefaultAuthenticationPolicy": default, "IsDehydrated": False}
+        return [config], None, []
 
     def _set_casmailbox(self, call: Call) -> tuple[list[dict[str, Any]], str | None, list[str]]:
         _check_params(call, {"Identity", "SmtpClientAuthenticationDisabled"})

@@ -177,6 +177,9 @@ class Tenant:
         self.index: dict[str, Mailbox] = {}
         self.org_smtp_client_authentication_disabled: bool = True
         self.authentication_policies: list[dict[str, object]] = []
+        # Which authentication policy governs a user: their own (by mailbox guid), else the org default.
+        self.default_authentication_policy: str | None = None
+        self.user_authentication_policies: dict[str, str] = {}
         self.clients: dict[str, Client] = {}
         # Graph side. Users with a UserMailbox live in `mailboxes`; only mailbox-less users are here.
         self.bare_users: dict[str, User] = {}
@@ -359,6 +362,18 @@ class Tenant:
 
     def find(self, identity: str) -> Mailbox | None:
         return self.index.get(identity.strip().lower())
+
+    def assign_authentication_policy(self, identity: str, policy: str | None) -> Mailbox:
+        """`Set-User -AuthenticationPolicy`: None takes the assignment away. KeyError for an unknown mailbox."""
+        with self.lock:
+            mb = self.find(identity)
+            if mb is None:
+                raise KeyError(identity)
+            if policy is None:
+                self.user_authentication_policies.pop(mb.guid, None)
+            else:
+                self.user_authentication_policies[mb.guid] = policy
+        return mb
 
     # -- Graph users ----------------------------------------------------------------------------
 

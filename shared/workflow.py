@@ -417,14 +417,59 @@ async def revoke(c: Clients, exception_id: str, principal: Principal, now: datet
 
 
 @dataclass(frozen=True, slots=True)
+class AuthPolicyFinding:
+    """Which Exchange authentication policy governs the mailbox's user, and whether it blocks Basic SMTP."""
+
+    blocking: tuple[str, ...]  # every policy with AllowBasicAuthSmtp=false
+    applies: str | None = None  # the user's own policy, else the organisation's default; None when neither
+    source: str = ""  # "assigned to the user" or "the organisation's default"
+    blocks_smtp: bool = False
+    unresolved: str = ""  # why `applies` could not be worked out ("" when it was)
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalEvidence:
     mailbox: MailboxState | None
     owner_name: str
     org_smtp_auth_disabled: Evidence
-    basic_blocking_policies: Evidence
+    auth_policy: Evidence  # of AuthPolicyFinding; empty for OAuth requests, which no Basic blocker concerns
     security_defaults: Evidence
     legacy_auth_blocks: Evidence
     sign_ins: Evidence
+
+
+def _policy_named(policies: list[dict[str, Any]], reference: str) -> dict[str, Any] | None:
+    """The policy a Get-User / Get-OrganizationConfig reference points at (a name, or a DN's CN)."""
+    wanted = reference.lower()
+    if wanted.startswith("cn="):
+        wanted = wanted[3:].split(",", 1)[0]
+    for policy in policies:
+        names = {str(policy.get(key) or "").lower() for key in ("Name", "Identity", "DistinguishedName")}
+        if wanted in names or reference.lower() in names:
+            return policy
+    return None
+
+
+async def _auth_policy(c: Clients, mailbox_guid: str) -> AuthPolicyFinding:
+    policies = await c.exchange.invoke("Get-AuthenticationPolicy", {})
+    blocking = tuple(str(p.get("Name", "")) for p in policies if p.get("AllowBasicAuthSmtp") is False)
+    try:
+        users, orgs = await asyncio.gather(
+            c.exchange.invoke("Get-User", {"Identity": mailbox_guid}),
+            c.exchange.invoke("Get-OrganizationConfig", {}),
+        )
+    except GuardError as err:
+        return AuthPolicyFinding(blocking, unresolved=f"not available (Get-User, Get-OrganizationConfig: {err})")
+    assigned = str((users[0] if users else {}).get("AuthenticationPolicy") or "")
+    default = str((orgs[0] if orgs else {}).get("DefaultAuthenticationPolicy") or "")
+    reference, source = (assigned, "assigned to the user") if assigned else (default, "the organisation's default")
+    if not reference:
+        return AuthPolicyFinding(blocking)
+    policy = _policy_named(policies, reference)
+    if policy is None:  # a reference to a policy not listed: nothing says it blocks
+        return AuthPolicyFinding(blocking, reference, source)
+    blocks = policy.get("AllowBasicAuthSmtp") is False
+    return AuthPolicyFinding(blocking, str(policy.get("Name") or reference), source, blocks_smtp=blocks)
 
 
 async def gather_evidence(c: Clients, request: ExceptionRequest, now: datetime) -> ApprovalEvidence:
@@ -440,17 +485,17 @@ async def gather_evidence(c: Clients, request: ExceptionRequest, now: datetime) 
     async def org_flag() -> Any:
         return (await c.exchange.get_transport_config()).get("SmtpClientAuthenticationDisabled")
 
-    async def basic_blockers() -> Any:
-        policies = await c.exchange.invoke("Get-AuthenticationPolicy", {})
-        return [p.get("Name", "") for p in policies if p.get("AllowBasicAuthSmtp") is False]
+    async def not_needed() -> Evidence:
+        return Evidence()
 
-    mailbox_ev, owner_ev, org, blockers, defaults, ca, sign_ins = await asyncio.gather(
+    basic = request.auth_method is AuthMethod.BASIC  # the blockers below stop Basic only
+    mailbox_ev, owner_ev, org, policy, defaults, ca, sign_ins = await asyncio.gather(
         guarded(c.exchange.find_mailbox(request.mailbox_guid), "the mailbox"),
         guarded(c.graph.get_user(request.mailbox_address), "the mailbox owner"),
         guarded(org_flag(), "the organisation flag"),
-        guarded(basic_blockers(), "authentication policies"),
-        guarded(c.graph.security_defaults(), "security defaults"),
-        guarded(c.graph.legacy_auth_blocks(), "Conditional Access"),
+        guarded(_auth_policy(c, request.mailbox_guid), "authentication policies") if basic else not_needed(),
+        guarded(c.graph.security_defaults(), "security defaults") if basic else not_needed(),
+        guarded(c.graph.legacy_auth_blocks(), "Conditional Access") if basic else not_needed(),
         guarded(c.graph.smtp_sign_ins(request.mailbox_address, sign_in_window(now)), "sign-in logs"),
     )
     owner = owner_ev.value
@@ -458,7 +503,7 @@ async def gather_evidence(c: Clients, request: ExceptionRequest, now: datetime) 
         mailbox=mailbox_ev.value,
         owner_name=owner.display_name if owner else "",
         org_smtp_auth_disabled=org,
-        basic_blocking_policies=blockers,
+        auth_policy=policy,
         security_defaults=defaults,
         legacy_auth_blocks=ca,
         sign_ins=sign_ins,

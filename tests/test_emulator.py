@@ -549,6 +549,27 @@ async def test_control_api(session: aiohttp.ClientSession, server: EmulatorServe
     assert body["value"][0]["SmtpClientAuthenticationDisabled"] is False
     _, body, _ = await post(session, invoke_url(server), cmdlet("Get-AuthenticationPolicy"), token)
     assert body["value"] == [{"Identity": "Block", "Name": "Block", "AllowBasicAuthSmtp": False}]
+
+    # Which policy governs a user: their own (Get-User), else the organisation's default.
+    async with session.put(f"{base}/org", json={"default_authentication_policy": "Block"}) as r:
+        assert (await r.json())["default_authentication_policy"] == "Block"
+    _, body, _ = await post(session, invoke_url(server), cmdlet("Get-OrganizationConfig"), token)
+    assert body["value"][0]["DefaultAuthenticationPolicy"] == "Block"
+    user_address = "ctl.user@contoso.onmicrosoft.com"
+    _, body, _ = await post(session, invoke_url(server), cmdlet("Get-User", Identity=user_address), token)
+    assert body["value"][0]["AuthenticationPolicy"] is None and body["value"][0]["Guid"] == created["guid"]
+    async with session.post(f"{base}/mailboxes/{user_address}/authentication-policy", json={"policy": "Allow"}) as r:
+        assert r.status == 200
+    _, body, _ = await post(session, invoke_url(server), cmdlet("Get-User", Identity=created["guid"]), token)
+    assert body["value"][0]["AuthenticationPolicy"] == "Allow"
+    async with session.post(f"{base}/mailboxes/{user_address}/authentication-policy", json={"policy": 7}) as r:
+        assert r.status == 400
+    async with session.post(f"{base}/mailboxes/ghost@x/authentication-policy", json={"policy": None}) as r:
+        assert r.status == 404
+    status, body, _ = await post(session, invoke_url(server), cmdlet("Get-User", Identity="ghost@x"), token)
+    assert status == 404 and "ManagementObjectNotFoundException" in json.dumps(body)
+    async with session.put(f"{base}/org", json={"default_authentication_policy": None}) as r:
+        assert (await r.json())["default_authentication_policy"] is None
     async with session.put(
         f"{base}/org", json={"smtp_client_authentication_disabled": True, "authentication_policies": []}
     ):
@@ -563,9 +584,11 @@ async def test_control_api(session: aiohttp.ClientSession, server: EmulatorServe
         assert (await r.json())["throttle_rate"] == 0.0
     async with session.get(f"{base}/calls?kind=invoke") as r:
         calls = await r.json()
-    assert calls["count"] == 2 and {e["cmdlet"] for e in calls["entries"]} == {
+    assert calls["count"] == 6 and {e["cmdlet"] for e in calls["entries"]} == {
         "Get-TransportConfig",
         "Get-AuthenticationPolicy",
+        "Get-OrganizationConfig",
+        "Get-User",
     }
     async with session.delete(f"{base}/calls"):
         pass

@@ -7,6 +7,7 @@ the principal header is injected. The browser test (test_browser.py) goes throug
 from __future__ import annotations
 
 import asyncio
+import html
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -760,3 +761,58 @@ async def test_a_request_that_cannot_be_stored_leaves_no_notice_behind(store: St
     assert [item.created_at for item in await notices_of(store, requester, now + timedelta(seconds=2))] == [now]
     # Its slot was given back: the requester's second request of the day still fits under a limit of 2.
     assert await store_or_limit(store, requester, now, limit=2) == "stored"
+
+
+async def test_the_approval_page_shows_what_would_make_a_basic_approval_useless(
+    people: People, emulator: EmulatorServer
+) -> None:
+    tenant = emulator.tenant
+    tenant.authentication_policies = [
+        {"Name": "Block Basic SMTP", "AllowBasicAuthSmtp": False},
+        {"Name": "Allow Basic SMTP", "AllowBasicAuthSmtp": True},
+        {"Name": "Kiosk users", "AllowBasicAuthSmtp": False},
+    ]
+    tenant.default_authentication_policy = "Allow Basic SMTP"
+    tenant.assign_authentication_policy(people.printer.guid, "Block Basic SMTP")
+    tenant.security_defaults = True
+    tenant.block_legacy_auth_policy()
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    tenant.add_signin(people.printer.primary_smtp_address, when=two_days_ago, ip="198.51.100.7")
+
+    request_id = await submitted_request(people, auth_method="basic")
+    link = f"/api/approvals/{request_id}"
+
+    async def page_text() -> str:
+        page = await call("approval_page", "GET", link, user=people.approver, route_params={"id": request_id})
+        assert page.status == 200
+        return " ".join(html.unescape(page.text).split())
+
+    text = await page_text()
+    assert "The authentication policy Block Basic SMTP (assigned to the user) blocks Basic SMTP AUTH" in text
+    assert "Security defaults are on: they block Basic authentication." in text
+    assert "Conditional Access policies block legacy authentication: Block legacy authentication." in text
+    assert "198.51.100.7" in text and "success" in text  # the recent SMTP AUTH sign-in
+
+    tenant.assign_authentication_policy(people.printer.guid, None)
+    assert "Authentication policy Allow Basic SMTP (the organisation's default) allows Basic SMTP AUTH." in (
+        await page_text()
+    )
+    tenant.default_authentication_policy = None
+    assert "No authentication policy applies to this user, so none blocks Basic SMTP AUTH." in await page_text()
+
+    # Without the Exchange role to read the user: every blocking policy, and why it could not say which applies.
+    emulator.faults.configure(failing_cmdlets={"Get-User": 403})
+    text = await page_text()
+    assert "Authentication policies that block Basic SMTP: Block Basic SMTP, Kiosk users." in text
+    assert "Which one applies: not available (Get-User, Get-OrganizationConfig:" in text
+
+
+async def test_an_oauth_request_reads_no_basic_auth_blockers(people: People, emulator: EmulatorServer) -> None:
+    request_id = await submitted_request(people)  # OAuth
+    emulator.calllog.clear()
+    page = await call(
+        "approval_page", "GET", f"/api/approvals/{request_id}", user=people.approver, route_params={"id": request_id}
+    )
+    assert page.status == 200 and "OAuth: no Basic-auth blocker applies." in page.text
+    assert emulator.calllog.count("Get-AuthenticationPolicy") == emulator.calllog.count("Get-User") == 0
+    assert emulator.calllog.count("Get-CASMailbox") == 1  # the mailbox's own state is still shown
