@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,8 +97,22 @@ class SetOutcome:
         return self.error is None
 
 
+# The tenant's concurrency limit counts every call the worker makes, so every client of one tenant in one
+# event loop (a sweep and the workflow's submissions, say) waits on the same gate.
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
+
+
+def _tenant_gate(tenant_url: str, concurrency: int) -> asyncio.Semaphore:
+    """The gate for a tenant's admin endpoint in the running loop; the first client's concurrency sets it."""
+    gates = _gates.setdefault(asyncio.get_running_loop(), {})
+    gate = gates.get(tenant_url)
+    if gate is None:
+        gate = gates[tenant_url] = asyncio.Semaphore(concurrency)
+    return gate
+
+
 class ExchangeClient:
-    """Typed access to the cmdlets the app uses. Bounded concurrency; retries from the pipeline."""
+    """Typed access to the cmdlets the app uses. Concurrency bounded per tenant; retries from the pipeline."""
 
     def __init__(
         self,
@@ -110,7 +125,7 @@ class ExchangeClient:
     ) -> None:
         self._base = f"{endpoint.rstrip('/')}/adminapi/beta/{tenant_id}"
         self._scope = f"{endpoint.rstrip('/')}/.default"
-        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._retry = retry_policy or ExchangeRetryPolicy()
         self._client: AsyncPipelineClient[HttpRequest, AsyncHttpResponse] = AsyncPipelineClient(
             base_url=self._base,
@@ -150,7 +165,7 @@ class ExchangeClient:
             json=body,
             headers={"Prefer": f"odata.maxpagesize={PAGE_SIZE}", "X-CmdletName": cmdlet},
         )
-        async with self._slots:
+        async with _tenant_gate(self._base, self._concurrency):
             try:
                 response = await self._client.send_request(request)
                 await response.read()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -251,3 +252,21 @@ async def test_timer_fails_loudly_when_refused(emulator: EmulatorServer) -> None
     with pytest.raises(RuntimeError, match="refused"):  # no install marker
         await _timer_function("full_reconcile")(TimerRequest())
     assert set_calls(emulator) == 0
+
+
+async def test_exchange_clients_in_one_worker_share_the_tenants_concurrency_limit(emulator: EmulatorServer) -> None:
+    # A sweep and the workflow each hold a client; the tenant limits the calls of both together.
+    from shared.exchange import ExchangeClient
+    from shared.identity import build_credential
+
+    emulator.faults.configure(latency_ms=50, concurrency_limit=2)
+    settings = load_settings()
+    credential = build_credential()
+    async with (
+        ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential, concurrency=2) as sweep_side,
+        ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential, concurrency=2) as workflow_side,
+    ):
+        await asyncio.gather(*(client.get_transport_config() for client in (sweep_side, workflow_side) * 4))
+    await credential.close()
+    statuses = [e["status"] for e in emulator.calllog.entries() if e["cmdlet"] == "Get-TransportConfig"]
+    assert statuses == [200] * 8  # never over the limit, so never a 429 to retry
