@@ -40,7 +40,7 @@ AUDIT_TABLE: Final = "SmtpGuardAudit"
 WORKFLOW_TABLE: Final = "SmtpGuardRequests"
 TABLES: Final = (STATE_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, AUDIT_TABLE, WORKFLOW_TABLE)
 PENDING_PARTITION: Final = "pending-mailbox"  # in WORKFLOW_TABLE: one row per mailbox with a pending request
-# A request's approval notice, filed under its requester by time (see _outbox_entity).
+# A request's approval notice, filed under its requester in a numbered slot of the day (see _outbox_entity).
 APPROVAL_NOTICE_PREFIX: Final = f"outbox-{NotificationKind.APPROVAL_REQUEST.value}-"
 CLAIM_GRACE: Final = timedelta(minutes=5)  # a reservation whose request never appeared is freed after this
 MAX_REMEMBERED_REQUESTERS: Final = 10_000  # per worker: where each requester's next free daily slot likely is
@@ -410,7 +410,7 @@ class Store:
             slot = next((free for free in range(daily_limit) if free not in taken), daily_limit)
             if slot == daily_limit:
                 self._remember_slot(item.requester_id, day, daily_limit)
-                raise DailyLimitError(f"at most {daily_limit} requests a day (UTC)")
+                break
         raise DailyLimitError(f"at most {daily_limit} requests a day (UTC)")
 
     def _remember_slot(self, requester_id: str, day: str, slot: int) -> None:
