@@ -806,6 +806,11 @@ async def test_the_approval_page_shows_what_would_make_a_basic_approval_useless(
     assert "Authentication policies that block Basic SMTP: Block Basic SMTP, Kiosk users." in text
     assert "Which one applies: not available (Get-User, Get-OrganizationConfig:" in text
 
+    # Sign-in logs need Entra ID P1: without it the page says so instead of "None".
+    tenant.premium = False
+    text = await page_text()
+    assert "198.51.100.7" not in text and "not available" in text and "Entra ID P1" in text
+
 
 async def test_an_oauth_request_reads_no_basic_auth_blockers(people: People, emulator: EmulatorServer) -> None:
     request_id = await submitted_request(people)  # OAuth
