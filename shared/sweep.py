@@ -203,6 +203,13 @@ class _Sweep:
             return
         summary.outcome = RunOutcome.COMPLETED
         summary.message = f"applied {summary.applied} changes"
+        if request.confirm_plan is not None:
+            # Only the reviewed changes were applied: what this listing found beyond them is not done,
+            # so the watermark stays and the next run is a full one.
+            await self.store.save_sweep_state(
+                self.mode.value, SweepState(watermark=state.watermark, full_pending=True), summary.run_id
+            )
+            return
         await self._advance(summary, listing_started)
 
     async def _confirmed_changes(self, plan_id: str, current: list[Change], summary: RunSummary) -> list[Change]:

@@ -213,14 +213,26 @@ async def test_over_cap_plan_waits_for_confirmation(
     # One reviewed mailbox moves by hand before confirmation: it is no longer part of what is applied.
     moved = sorted(needing)[0]
     emulator.tenant.set_smtp(moved, True)
-    confirmed = await sweep("enforce", confirm=capped.plan_id)
+    # A mailbox arrives after the review, and the admin confirms two hours later: only what was
+    # reviewed is applied.
+    late = emulator.tenant.add_mailbox(f"late-arrival@{emulator.tenant.domain}", smtp=None)
+
+    def two_hours_later() -> datetime:
+        return datetime.now(UTC) + timedelta(hours=2)
+
+    confirmed = await sweep("enforce", confirm=capped.plan_id, clock=two_hours_later)
 
     assert confirmed.outcome is RunOutcome.COMPLETED, confirmed.message
     assert confirmed.applied == len(needing) - 1
-    assert all(v is True for v in states(emulator.tenant).values())
+    assert {g: v for g, v in states(emulator.tenant).items() if v is not True} == {late.guid: None}
 
     replay = await sweep("enforce", confirm=capped.plan_id)
     assert replay.outcome is RunOutcome.REFUSED and "already applied" in replay.message
+
+    # The confirmation did not move the watermark past the late mailbox: the next run is a full one.
+    follow = await sweep("enforce", full=False, clock=two_hours_later)
+    assert follow.full and follow.outcome is RunOutcome.COMPLETED, follow.message
+    assert all(v is True for v in states(emulator.tenant).values())
 
 
 def _timer_function(name: str):  # type: ignore[no-untyped-def]
