@@ -24,6 +24,10 @@ class DailyLimitError(GuardError):
     """Someone has already submitted as many requests today (UTC) as REQUEST_RATE_LIMIT_PER_DAY allows."""
 
 
+class NotYetStoredError(GuardError):
+    """A notification's request is not stored yet: its submission is still being written. Retried."""
+
+
 class StoreError(GuardError):
     """Table storage could not be read or written."""
 

@@ -19,9 +19,10 @@ from azure.core.exceptions import AzureError
 from azure.core.rest import HttpRequest
 
 from shared.clients import Clients
-from shared.errors import GuardError, RefusedError
+from shared.errors import GuardError, NotYetStoredError, RefusedError
 from shared.exchange import ExchangeRetryPolicy
 from shared.reconcile import ExceptionRecord
+from shared.store import CLAIM_GRACE
 from shared.transport import transport_options
 from shared.web import render_text
 from shared.workflow import new_link_token, now_utc
@@ -77,6 +78,10 @@ async def _deliver(c: Clients, item: OutboxItem, now: datetime) -> bool:
     if not item.about.startswith("exception-"):
         loaded = await c.store.get_request(item.about)
         if loaded is None:
+            # Notices are written before their request: a young one may be ahead of it. Retry it
+            # rather than mark it done, or the approvers would never hear of the request.
+            if now - item.created_at < CLAIM_GRACE:
+                raise NotYetStoredError(f"request {item.about} is not stored yet")
             return False
         request, etag = loaded
     exception = await c.store.get_exception(item.exception_id or (request.id if request else ""))

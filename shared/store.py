@@ -42,7 +42,9 @@ TABLES: Final = (STATE_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, AUDIT_TABLE, WORKFL
 PENDING_PARTITION: Final = "pending-mailbox"  # in WORKFLOW_TABLE: one row per mailbox with a pending request
 # A request's approval notice, filed under its requester in a numbered slot of the day (see _outbox_entity).
 APPROVAL_NOTICE_PREFIX: Final = f"outbox-{NotificationKind.APPROVAL_REQUEST.value}-"
-CLAIM_GRACE: Final = timedelta(minutes=5)  # a reservation whose request never appeared is freed after this
+# A submission whose request row has not appeared after this has failed: its reservation is freed and
+# its notices are dropped (until then they wait for it).
+CLAIM_GRACE: Final = timedelta(minutes=5)
 MAX_REMEMBERED_REQUESTERS: Final = 10_000  # per worker: where each requester's next free daily slot likely is
 SCHEMA_VERSION: Final = 1
 TRANSACTION_LIMIT: Final = 100  # entities per table transaction

@@ -821,3 +821,29 @@ async def test_an_oauth_request_reads_no_basic_auth_blockers(people: People, emu
     assert page.status == 200 and "OAuth: no Basic-auth blocker applies." in page.text
     assert emulator.calllog.count("Get-AuthenticationPolicy") == emulator.calllog.count("Get-User") == 0
     assert emulator.calllog.count("Get-CASMailbox") == 1  # the mailbox's own state is still shown
+
+
+async def test_an_approval_notice_written_ahead_of_its_request_waits_for_it(
+    people: People, emulator: EmulatorServer, store: Store
+) -> None:
+    # create_request writes the notice first: an outbox run between the two writes must not drop it.
+    now = datetime.now(UTC)
+    request, notify = stored_request(people.requester.external_directory_object_id, now)
+    request = replace(request, mailbox_guid=people.printer.guid, mailbox_address=people.printer.primary_smtp_address)
+    assert await store.enqueue(notify[0])
+
+    early = await send_outbox(now)
+    assert (early.sent, early.failed, early.skipped) == (0, 1, 0)
+    (waiting,) = [item for item, _ in await store.due_notifications(now + timedelta(minutes=1))]
+    assert waiting.status is OutboxStatus.PENDING and "not stored yet" in waiting.last_error
+
+    await store.create_request(request, [], 10)  # the request row lands
+    later = await send_outbox(now + timedelta(minutes=1))
+    assert (later.sent, later.failed) == (1, 0)
+    assert approval_link(emulator.tenant, request.id)
+
+    # A notice whose request never appears is dropped once the submission counts as failed.
+    orphan = OutboxItem(str(uuid.uuid4()), NotificationKind.APPROVAL_REQUEST, OutboxStatus.PENDING, now, now)
+    assert await store.enqueue(orphan)
+    dropped = await send_outbox(now + timedelta(minutes=10))
+    assert (dropped.sent, dropped.skipped) == (0, 1)
