@@ -248,20 +248,29 @@ class Decision:
     comment: str
 
 
-def validate_decision(fields: Mapping[str, str], request: ExceptionRequest) -> Decision:
+def grantable_days(c: Clients, request: ExceptionRequest, now: datetime) -> int:
+    """The most days an approver may grant now: the request's, within today's caps (Basic's retirement)."""
+    settings = c.settings
+    retirement = settings.basic_auth_retirement_date
+    return min(request.days, longest_days(request.auth_method, settings.base.exception_max_days, retirement, now))
+
+
+def validate_decision(fields: Mapping[str, str], grantable: int) -> Decision:
     errors: dict[str, str] = {}
     decision = (fields.get("decision") or "").strip().lower()
     if decision not in ("approve", "deny"):
         errors["decision"] = "must be approve or deny"
+    elif decision == "approve" and grantable < 1:
+        errors["decision"] = "Basic authentication is retired for SMTP AUTH: this request can only be denied"
     comment = ""
     try:
         comment = free_text("comment", fields.get("comment"), max_length=MAX_COMMENT, required=decision == "deny")
     except InputError as err:
         errors["comment"] = "is required to deny" if err.problem == "is required" else err.problem
-    days = request.days
-    if decision == "approve" and (fields.get("days") or "").strip():
+    days = grantable
+    if decision == "approve" and grantable >= 1 and (fields.get("days") or "").strip():
         try:
-            days = whole_number("days", fields.get("days"), 1, request.days)
+            days = whole_number("days", fields.get("days"), 1, grantable)
         except InputError as err:
             errors["days"] = f"{err.problem} (an approver may shorten, not extend)"
     if errors:
@@ -297,7 +306,7 @@ async def decide(
         raise HttpError(409, f"this request was already {request.status.value}", {"status": request.status.value})
     if not link_token_valid(request, token, now):
         raise HttpError(403, "this approval link is invalid, used or expired")
-    decision = validate_decision(fields, request)
+    decision = validate_decision(fields, grantable_days(c, request, now))
     decided = replace(
         request,
         status=RequestStatus.APPROVED if decision.approve else RequestStatus.DENIED,

@@ -847,3 +847,32 @@ async def test_an_approval_notice_written_ahead_of_its_request_waits_for_it(
     assert await store.enqueue(orphan)
     dropped = await send_outbox(now + timedelta(minutes=10))
     assert (dropped.sent, dropped.skipped) == (0, 1)
+
+
+async def test_no_basic_exception_runs_past_the_retirement_date_even_when_approved_later(
+    people: People, emulator: EmulatorServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    today = datetime.now(UTC).date()
+    monkeypatch.setenv("BASIC_AUTH_RETIREMENT_DATE", (today + timedelta(days=60)).isoformat())
+    request_id = await submitted_request(people, auth_method="basic", days="30")
+    # The date comes forward before the approver gets to the request: the grant is capped at it.
+    retirement = today + timedelta(days=10)
+    monkeypatch.setenv("BASIC_AUTH_RETIREMENT_DATE", retirement.isoformat())
+    page, link = await open_approval(people, emulator, request_id)
+    assert 'max="9"' in page.text and f"because Basic ends on {retirement.isoformat()}" in page.text
+    too_long = await post_decision(people, request_id, page, link, days="30")
+    assert too_long.status == 400 and "an approver may shorten, not extend" in html.unescape(too_long.text)
+    assert (await post_decision(people, request_id, page, link)).status == 200
+    granted = await store.get_exception(request_id)
+    assert granted is not None and granted.expires_at <= datetime.combine(retirement, datetime.min.time(), UTC)
+
+    # On the retirement date itself a pending Basic request can only be denied.
+    outsider = people.outsider.primary_smtp_address
+    second = await submitted_request(people, auth_method="basic", days="5", mailbox=outsider)
+    monkeypatch.setenv("BASIC_AUTH_RETIREMENT_DATE", today.isoformat())
+    page, link = await open_approval(people, emulator, second)
+    assert "this request can only be denied" in page.text and 'name="days"' not in page.text
+    refused = await post_decision(people, second, page, link)
+    assert refused.status == 400 and "can only be denied" in refused.text
+    assert (await post_decision(people, second, page, link, decision="deny", comment="Basic is retired")).status == 200
+    assert (await store.get_request(second))[0].status is RequestStatus.DENIED
