@@ -9,12 +9,12 @@ import json
 import secrets
 from collections.abc import Mapping
 from functools import cache
-from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from werkzeug.http import parse_cookie
 
 from shared.errors import GuardError
 
@@ -147,15 +147,9 @@ def read_input(req: func.HttpRequest) -> dict[str, str]:
 
 
 def csrf_cookie_value(req: func.HttpRequest) -> str | None:
-    raw = req.headers.get("cookie")
-    if not raw:
-        return None
-    try:
-        jar = SimpleCookie(raw)
-    except CookieError:
-        return None
-    morsel = jar.get(CSRF_COOKIE)
-    value = morsel.value if morsel else ""
+    # werkzeug skips a malformed cookie and keeps the rest; http.cookies drops the whole header for
+    # one (say a parent domain's JSON-valued consent cookie), which would fail every form post.
+    value = parse_cookie(req.headers.get("cookie") or "").get(CSRF_COOKIE, "")
     return value if 20 <= len(value) <= 100 else None
 
 

@@ -409,6 +409,22 @@ async def test_cross_site_form_post_without_csrf_token_is_refused(people: People
     assert await store.query_requests("Status eq @s", {"s": "pending"}) == []
 
 
+async def test_a_malformed_neighbour_cookie_does_not_break_csrf(people: People) -> None:
+    # A parent domain's JSON-valued cookie arrives beside ours; the form post must still go through.
+    page = await call("exception_form", "GET", "/api/exceptions/new", user=people.requester)
+    token, cookie = csrf_from(page)
+    fields = valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address)
+    posted = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        form={**fields, "csrf_token": token},
+        cookie=f'consent={{"analytics":true}}; {cookie}; theme=dark mode',
+    )
+    assert posted.status == 303, posted.text
+
+
 async def test_duplicate_pending_request_gets_409_with_a_link(people: People) -> None:
     first = await submitted_request(people)
     again = await submit_json(people)
