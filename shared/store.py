@@ -8,7 +8,7 @@ refused rather than read as "no exceptions".
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
@@ -478,27 +478,10 @@ class Store:
         table = self._table(WORKFLOW_TABLE)
         entity = {"PartitionKey": PENDING_PARTITION, "RowKey": mailbox_guid, "RequestId": request_id, "ClaimedAt": now}
         async with _storage_errors("reserve the mailbox"):
-            try:
-                await table.create_entity(entity, **_NO_ECHO)
-                return None
-            except ResourceExistsError:
-                current = await table.get_entity(PENDING_PARTITION, mailbox_guid)
-            holder = str(current.get("RequestId", ""))
-            loaded = await self.get_request(holder) if holder else None
-            if loaded is None and now - current.get("ClaimedAt", now) < CLAIM_GRACE:
-                return holder  # its submission is still being written
-            if loaded is not None and loaded[0].status is RequestStatus.PENDING:
-                return holder
-            try:
-                await table.update_entity(
-                    entity,
-                    mode=UpdateMode.REPLACE,
-                    etag=current.metadata["etag"],
-                    match_condition=MatchConditions.IfNotModified,
-                )
-            except ResourceModifiedError:
-                return str((await table.get_entity(PENDING_PARTITION, mailbox_guid)).get("RequestId", ""))
-        return None
+            for _ in range(3):
+                with suppress(ResourceNotFoundError):  # the holder gave the row back while we looked
+                    return await _claim(table, entity, now, self.get_request)
+        raise StoreError("could not reserve the mailbox: its reservation kept changing; try again")
 
     async def release_mailbox(self, mailbox_guid: str, request_id: str) -> None:
         """End a request's reservation of its mailbox (only its own). Losing this is harmless: see claim."""
@@ -661,6 +644,32 @@ def from_entity(cls: type[T], entity: dict[str, Any]) -> T:
             value = kind(value)
         values[f.name] = value
     return cls(**values)
+
+
+async def _claim(
+    table: TableClient,
+    entity: dict[str, Any],
+    now: datetime,
+    get_request: Callable[[str], Awaitable[tuple[ExceptionRequest, str] | None]],
+) -> str | None:
+    """One attempt of Store.claim_mailbox; ResourceNotFoundError when the row vanished meanwhile."""
+    try:
+        await table.create_entity(entity, **_NO_ECHO)
+        return None
+    except ResourceExistsError:
+        current = await table.get_entity(PENDING_PARTITION, entity["RowKey"])
+    holder = str(current.get("RequestId", ""))
+    loaded = await get_request(holder) if holder else None
+    if loaded is None and now - current.get("ClaimedAt", now) < CLAIM_GRACE:
+        return holder  # its submission is still being written
+    if loaded is not None and loaded[0].status is RequestStatus.PENDING and now < loaded[0].expires_at:
+        return holder  # a lapsed request can no longer be approved, so it holds nothing
+    try:
+        unchanged = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+        await table.update_entity(entity, mode=UpdateMode.REPLACE, **unchanged)
+    except ResourceModifiedError:
+        return str((await table.get_entity(PENDING_PARTITION, entity["RowKey"])).get("RequestId", ""))
+    return None
 
 
 def _requester_partition(requester_id: str) -> str:

@@ -432,6 +432,15 @@ async def test_duplicate_pending_request_gets_409_with_a_link(people: People) ->
     assert again.json()["errors"]["request_id"] == first
 
 
+async def test_a_lapsed_request_does_not_hold_its_mailbox(people: People, store: Store) -> None:
+    first = await submitted_request(people)
+    request, etag = await store.get_request(first)
+    await store.update_request(replace(request, expires_at=datetime.now(UTC) - timedelta(minutes=1)), etag)
+    # Still "pending" until the daily lifecycle run marks it expired, but nobody can approve it now.
+    second = await submitted_request(people)
+    assert second != first
+
+
 async def test_json_api_submit_and_status(people: People) -> None:
     created = await submit_json(people)
     assert created.status == 201
