@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
+import httpx
 from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError
 from kiota_abstractions.api_error import APIError
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
@@ -26,6 +28,11 @@ from shared.errors import GuardError
 SMTP_CLIENT_APP = "Authenticated SMTP"
 # CRLF as RFC 5322 wants; long lines allowed so a subject with an address is not folded mid-header.
 MIME_POLICY = email.policy.SMTP.clone(max_line_length=998)
+
+
+# What a Graph call can raise: Graph's answer (APIError), the network under it (httpx, which the SDK
+# passes through), or the credential (azure-core). All become GraphError or "not available".
+GRAPH_FAILURES: Final = (APIError, httpx.HTTPError, AzureError)
 
 
 class GraphError(GuardError):
@@ -73,8 +80,8 @@ class GraphClient:
     async def get_user(self, id_or_upn: str) -> DirectoryUser | None:
         try:
             user = await self._client.users.by_user_id(id_or_upn).get()
-        except APIError as err:
-            if err.response_status_code == 404:
+        except GRAPH_FAILURES as err:
+            if _status(err) == 404:
                 return None
             raise _error("read a user", err) from None
         if user is None:
@@ -94,8 +101,8 @@ class GraphClient:
         body = CheckMemberGroupsPostRequestBody(group_ids=[group_id])
         try:
             result = await self._client.users.by_user_id(user_id).check_member_groups.post(body)
-        except APIError as err:
-            if err.response_status_code == 404:
+        except GRAPH_FAILURES as err:
+            if _status(err) == 404:
                 return False
             raise _error("check group membership", err) from None
         return group_id in (result.value if result and result.value else [])
@@ -117,7 +124,7 @@ class GraphClient:
                 if not page.odata_next_link:
                     break
                 page = await members.with_url(page.odata_next_link).get()
-        except APIError as err:
+        except GRAPH_FAILURES as err:
             raise _error("list the approver group", err) from None
         return list(dict.fromkeys(m for m in mails if m))
 
@@ -138,7 +145,7 @@ class GraphClient:
         info.set_stream_content(base64.b64encode(mime.as_bytes()), "text/plain")
         try:
             await builder.request_adapter.send_no_response_content_async(info, {"XXX": ODataError})
-        except APIError as err:
+        except GRAPH_FAILURES as err:
             raise _error("send mail", err) from None
 
     async def smtp_sign_ins(self, upn: str, since: datetime, top: int = 10) -> Evidence:
@@ -153,7 +160,7 @@ class GraphClient:
         )
         try:
             result = await self._client.audit_logs.sign_ins.get(RequestConfiguration(query_parameters=query))
-        except APIError as err:
+        except GRAPH_FAILURES as err:
             return Evidence(unavailable=_unavailable(err, "AuditLog.Read.All and Entra ID P1"))
         return Evidence(
             value=[
@@ -171,7 +178,7 @@ class GraphClient:
     async def security_defaults(self) -> Evidence:
         try:
             policy = await self._client.policies.identity_security_defaults_enforcement_policy.get()
-        except APIError as err:
+        except GRAPH_FAILURES as err:
             return Evidence(unavailable=_unavailable(err, "Policy.Read.All"))
         return Evidence(value=bool(policy and policy.is_enabled))
 
@@ -179,7 +186,7 @@ class GraphClient:
         """Names of enabled Conditional Access policies that block legacy-auth clients ("other")."""
         try:
             result = await self._client.identity.conditional_access.policies.get()
-        except APIError as err:
+        except GRAPH_FAILURES as err:
             return Evidence(unavailable=_unavailable(err, "Policy.Read.All"))
         names: list[str] = []
         for policy in result.value if result and result.value else []:
@@ -207,13 +214,22 @@ def sign_in_window(now: datetime, days: int = 30) -> datetime:
     return now - timedelta(days=days)
 
 
-def _error(action: str, err: APIError) -> GraphError:
-    detail = getattr(getattr(err, "error", None), "message", None) or str(err.message or err)[:300]
-    return GraphError(action, err.response_status_code, str(detail).splitlines()[0] if detail else "no detail")
+def _status(err: Exception) -> int | None:
+    return err.response_status_code if isinstance(err, APIError) else None
 
 
-def _unavailable(err: APIError, permission: str) -> str:
-    status = err.response_status_code
+def _error(action: str, err: Exception) -> GraphError:
+    if isinstance(err, APIError):
+        detail = getattr(getattr(err, "error", None), "message", None) or str(err.message or err)[:300]
+    else:
+        detail = f"{type(err).__name__}: {str(err)[:300] or 'no detail'}"
+    return GraphError(action, _status(err), str(detail).splitlines()[0] if detail else "no detail")
+
+
+def _unavailable(err: Exception, permission: str) -> str:
+    status = _status(err)
+    if status is None:
+        return f"not available: Graph could not be reached ({type(err).__name__})"
     if status in (401, 403):
         code = getattr(getattr(err, "error", None), "code", None) or ""
         return f"not available: the app lacks {permission} ({code or status})"

@@ -901,3 +901,41 @@ async def test_no_basic_exception_runs_past_the_retirement_date_even_when_approv
     assert refused.status == 400 and "can only be denied" in refused.text
     assert (await post_decision(people, second, page, link, decision="deny", comment="Basic is retired")).status == 200
     assert (await store.get_request(second))[0].status is RequestStatus.DENIED
+
+
+async def test_graph_unreachable_fails_softly(
+    people: People, emulator: EmulatorServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devservices.azurite import free_port
+
+    request_id = await submitted_request(people)
+    # Nothing listens there, and Entra issues no token for it: azure-identity raises, not Graph.
+    monkeypatch.setenv("GRAPH_ENDPOINT", f"https://127.0.0.1:{free_port()}")
+    report = await send_outbox()
+    assert (report.sent, report.failed) == (0, 1)
+    (waiting,) = [item for item, _ in await store.due_notifications(datetime.now(UTC) + timedelta(hours=1))]
+    assert waiting.about == request_id and "ClientAuthenticationError" in waiting.last_error
+    page = await call(
+        "approval_page", "GET", f"/api/approvals/{request_id}", user=people.approver, route_params={"id": request_id}
+    )
+    assert page.status == 503  # the approver check needs Graph: a clear "unavailable", not a 500
+
+
+async def test_graph_network_errors_become_graph_errors() -> None:
+    from azure.core.credentials import AccessToken
+
+    from devservices.azurite import free_port
+    from shared.graph import GraphClient, GraphError
+
+    class StaticToken:  # a credential that always has a token, so only the network can fail
+        async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            return AccessToken("token", int(datetime.now(UTC).timestamp()) + 3600)
+
+        async def close(self) -> None:
+            return None
+
+    graph = GraphClient(f"https://127.0.0.1:{free_port()}", StaticToken())  # type: ignore[arg-type]
+    with pytest.raises(GraphError, match="ConnectError"):
+        await graph.get_user("someone@contoso.example")
+    evidence = await graph.security_defaults()
+    assert evidence.unavailable == "not available: Graph could not be reached (ConnectError)"
