@@ -55,6 +55,7 @@ class ExceptionRecord:
     auth_method: AuthMethod
     approved_by: str
     approved_at: datetime
+    revoked_at: datetime | None = None
 
     def is_active(self, now: datetime) -> bool:
         return self.status is ExceptionStatus.APPROVED and self.expires_at > now
@@ -115,6 +116,29 @@ def _outranks(candidate: ExceptionRecord, current: ExceptionRecord, now: datetim
     if candidate.is_active(now) != current.is_active(now):
         return candidate.is_active(now)
     return candidate.expires_at > current.expires_at
+
+
+def _allows(exception: ExceptionRecord | None, now: datetime) -> bool:
+    return exception is not None and exception.is_active(now)
+
+
+def moved_mailboxes(
+    before: Mapping[str, ExceptionRecord], after: Mapping[str, ExceptionRecord], now: datetime
+) -> set[str]:
+    """Mailboxes whose desired state differs between two reads of the exceptions (say, an approval
+    or a revocation while a sweep was listing)."""
+    guids = before.keys() | after.keys()
+    return {guid for guid in guids if _allows(before.get(guid), now) != _allows(after.get(guid), now)}
+
+
+def changed_since(records: Iterable[ExceptionRecord], since: datetime, now: datetime) -> set[str]:
+    """Mailboxes with an exception granted, revoked or lapsed in (since, now]: their desired state may
+    have moved while their mailbox did not, so an incremental listing would not show them."""
+    return {
+        r.mailbox_guid
+        for r in records
+        if any(moment is not None and since < moment <= now for moment in (r.approved_at, r.revoked_at, r.expires_at))
+    }
 
 
 def plan_mailbox(mailbox: MailboxState, exception: ExceptionRecord | None, now: datetime) -> Change | None:

@@ -737,6 +737,7 @@ def _exception_from_entity(entity: dict[str, Any]) -> ExceptionRecord:
         auth_method=AuthMethod(entity.get("AuthMethod", AuthMethod.OAUTH.value)),
         approved_by=entity.get("ApprovedBy", ""),
         approved_at=entity["ApprovedAt"],
+        revoked_at=entity.get("RevokedAt"),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,17 @@ from shared.apply import ApplyResult, apply_changes
 from shared.errors import ExchangeError, GuardError, InputError, RefusedError, StoreError
 from shared.exchange import ExchangeClient
 from shared.identity import IdentityError, actor_for, build_credential
-from shared.reconcile import Change, PlanSummary, confirmable, effective_exceptions, plan_changes
+from shared.reconcile import (
+    Change,
+    ExceptionRecord,
+    PlanSummary,
+    changed_since,
+    confirmable,
+    effective_exceptions,
+    moved_mailboxes,
+    plan_changes,
+    plan_mailbox,
+)
 from shared.records import (
     AuditEntry,
     PlanStatus,
@@ -160,7 +171,9 @@ class _Sweep:
         async for page in self.exchange.iter_cas_mailboxes(changed_since=since):
             changes.extend(plan_changes(page, exceptions, now, plan))
             self.progress(f"listed {plan.scanned} mailboxes, {plan.changes} need a change")
-        summary.scanned, summary.planned, summary.by_reason = plan.scanned, plan.changes, dict(plan.by_reason)
+        changes = await self._recheck(changes, exceptions, since, now)
+        summary.scanned, summary.planned = plan.scanned, len(changes)
+        summary.by_reason = dict(Counter(change.reason.value for change in changes))
         summary.changes = changes
 
         if request.confirm_plan is not None:
@@ -211,6 +224,32 @@ class _Sweep:
             )
             return
         await self._advance(summary, listing_started)
+
+    async def _recheck(
+        self, changes: list[Change], exceptions: dict[str, ExceptionRecord], since: datetime | None, now: datetime
+    ) -> list[Change]:
+        """Plan again, from their current state, the mailboxes whose desired state moved out of sight.
+
+        The listing can take minutes, and an approval or revocation made meanwhile is not in
+        `exceptions`: planned from the old read, the run would undo it. And an incremental listing
+        shows mailboxes that changed, not those whose exception was granted, revoked or lapsed
+        since the last run. Both are few; each costs one Exchange read.
+        """
+        records = await self.store.list_exceptions()  # fail closed here too: unreadable means no change
+        fresh = effective_exceptions(records, now)
+        recheck = moved_mailboxes(exceptions, fresh, now)
+        if since is not None:
+            recheck |= changed_since(records, since, now)
+        if not recheck:
+            return changes
+        self.progress(f"checking {len(recheck)} mailboxes whose exception changed")
+        kept = [change for change in changes if change.guid not in recheck]
+        for guid in sorted(recheck):
+            mailbox = await self.exchange.find_mailbox(guid)
+            change = plan_mailbox(mailbox, fresh.get(guid), now) if mailbox is not None else None
+            if change is not None:
+                kept.append(change)
+        return kept
 
     async def _confirmed_changes(self, plan_id: str, current: list[Change], summary: RunSummary) -> list[Change]:
         loaded = await self.store.load_plan(plan_id)

@@ -282,3 +282,61 @@ async def test_exchange_clients_in_one_worker_share_the_tenants_concurrency_limi
     await credential.close()
     statuses = [e["status"] for e in emulator.calllog.entries() if e["cmdlet"] == "Get-TransportConfig"]
     assert statuses == [200] * 8  # never over the limit, so never a 429 to retry
+
+
+@pytest.mark.parametrize("event", ["revoked", "approved"])
+async def test_an_approval_or_revocation_during_the_listing_is_not_undone(
+    emulator: EmulatorServer, store: Store, storage: str, event: str
+) -> None:
+    # The web workflow writes the exception, then sets the mailbox at once. When that happens while a
+    # sweep lists, the sweep's earlier read of the exceptions must not turn the mailbox back.
+    from azure.data.tables import TableClient, UpdateMode
+
+    from shared.exchange import ExchangeClient
+    from shared.identity import build_credential
+    from shared.registry import grant_exception, validate_grant
+    from shared.store import EXCEPTIONS_TABLE
+
+    tenant = emulator.tenant
+    await install(store, tenant.tenant_id)
+    assert (await sweep("enforce")).outcome is RunOutcome.COMPLETED
+    target = next(m for m in tenant.snapshot() if m.recipient_type_details == "UserMailbox")
+    if event == "revoked":  # it holds an exception, and SMTP AUTH is on
+        settings = load_settings()
+        credential = build_credential()
+        grant = validate_grant(
+            mailbox=target.primary_smtp_address, days="30", reason="scanner", owner=None, device="", auth="oauth",
+            max_days=180,
+        )  # fmt: skip
+        async with ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential) as exchange:
+            record, _ = await grant_exception(store, exchange, settings.tenant_id, grant, "admin", datetime.now(UTC))
+        await credential.close()
+        assert (await sweep("enforce")).outcome is RunOutcome.COMPLETED
+        assert tenant.find(target.guid).smtp_client_authentication_disabled is False
+
+    def workflow_acts(message: str) -> None:
+        if not message.startswith("listing "):  # the sweep has read the exceptions and starts listing
+            return
+        with TableClient.from_connection_string(storage, EXCEPTIONS_TABLE) as table:
+            if event == "revoked":
+                keys = {"PartitionKey": target.guid, "RowKey": record.id}
+                revocation = {"Status": "revoked", "RevokedAt": datetime.now(UTC)}
+                table.update_entity({**keys, **revocation}, mode=UpdateMode.MERGE)
+                tenant.set_smtp(target.guid, True)
+            else:
+                now = datetime.now(UTC)
+                table.create_entity(
+                    {
+                        "PartitionKey": target.guid, "RowKey": "approved-meanwhile", "Status": "approved",
+                        "MailboxAddress": target.primary_smtp_address, "ExpiresAt": now + timedelta(days=30),
+                        "ApprovedAt": now, "ApprovedBy": "approver", "AuthMethod": "oauth",
+                    }
+                )  # fmt: skip
+                tenant.set_smtp(target.guid, False)
+
+    during = await sweep("enforce", progress=workflow_acts)
+
+    assert during.outcome is RunOutcome.COMPLETED, during.message
+    assert target.guid not in {change.guid for change in during.changes}
+    expected = event == "revoked"  # revoked: SMTP AUTH stays off; approved: it stays on
+    assert tenant.find(target.guid).smtp_client_authentication_disabled is expected

@@ -189,3 +189,39 @@ async def test_an_expired_lease_from_a_killed_run_is_taken_over(
         assert taken.outcome is RunOutcome.COMPLETED, taken.message
         with pytest.raises(ResourceNotFoundError):
             await state.get_entity("sweep", "lease")  # released at the end of the run
+
+
+async def test_an_exception_granted_or_revoked_between_runs_is_applied_by_the_next_incremental_run(
+    emulator: EmulatorServer, store: Store
+) -> None:
+    # `exceptions add` / `revoke` only write storage; the mailbox itself does not change, so the
+    # incremental listing would not show it. The next incremental run must still act on it.
+    from shared.exchange import ExchangeClient
+    from shared.identity import build_credential
+    from shared.registry import grant_exception, revoke_exception, validate_grant
+
+    await enforced_tenant(emulator, store)
+    target = next(m for m in emulator.tenant.snapshot() if m.recipient_type_details == "UserMailbox")
+    settings = load_settings()
+    credential = build_credential()
+    grant = validate_grant(
+        mailbox=target.primary_smtp_address,
+        days="30",
+        reason="scanner",
+        owner=None,
+        device="MFP",
+        auth="oauth",
+        max_days=180,
+    )
+    async with ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential) as exchange:
+        await grant_exception(store, exchange, settings.tenant_id, grant, "admin", datetime.now(UTC))
+    granted = await sweep()
+    assert granted.outcome is RunOutcome.COMPLETED and granted.applied == 1, granted.message
+    assert emulator.tenant.find(target.guid).smtp_client_authentication_disabled is False
+
+    await revoke_exception(store, settings.tenant_id, target.primary_smtp_address, "admin", datetime.now(UTC))
+    await credential.close()
+    revoked = await sweep()
+    assert revoked.outcome is RunOutcome.COMPLETED and revoked.applied == 1, revoked.message
+    assert emulator.tenant.find(target.guid).smtp_client_authentication_disabled is True
+    assert [c.reason.value for c in revoked.changes] == ["expired"]

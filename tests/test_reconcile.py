@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,8 +15,10 @@ from shared.reconcile import (
     ExceptionStatus,
     MailboxState,
     PlanSummary,
+    changed_since,
     confirmable,
     effective_exceptions,
+    moved_mailboxes,
     plan_changes,
     plan_mailbox,
 )
@@ -99,3 +102,27 @@ def test_confirmable_keeps_only_changes_that_still_hold() -> None:
 def test_change_json_round_trip() -> None:
     change = Change("g", "x@c.com", None, True, ChangeReason.NULL)
     assert Change.from_json(change.to_json()) == change
+
+
+def test_moved_mailboxes_are_those_whose_desired_state_differs_between_two_reads() -> None:
+    before = {"a": record("a"), "b": record("b"), "c": record("c", days=-1)}
+    after = {
+        "a": record("a"),  # unchanged
+        "b": record("b", status=ExceptionStatus.REVOKED),  # revoked meanwhile
+        "c": record("c", days=-1, rid="r2"),  # another record, still inactive: no move
+        "d": record("d"),  # approved meanwhile
+    }
+    assert moved_mailboxes(before, after, NOW) == {"b", "d"}
+    assert moved_mailboxes(after, after, NOW) == set()
+
+
+def test_changed_since_takes_grants_revocations_and_lapses_in_the_window() -> None:
+    since = NOW - timedelta(minutes=25)
+    granted = replace(record("granted"), approved_at=NOW - timedelta(minutes=5))
+    revoked = replace(record("revoked", status=ExceptionStatus.REVOKED), revoked_at=NOW - timedelta(minutes=1))
+    lapsed = replace(record("lapsed"), expires_at=NOW - timedelta(minutes=10))
+    old = record("old")  # approved yesterday, expires in 30 days
+    lapsed_long_ago = replace(record("gone"), expires_at=NOW - timedelta(days=2))
+    future = replace(record("future"), expires_at=NOW + timedelta(minutes=1))  # not yet
+    records = [granted, revoked, lapsed, old, lapsed_long_ago, future]
+    assert changed_since(records, since, NOW) == {"granted", "revoked", "lapsed"}
