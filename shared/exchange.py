@@ -258,28 +258,36 @@ class ExchangeClient:
         pending = {str(index): item for index, item in enumerate(items)}
         outcomes: dict[str, SetOutcome] = {}
         for attempt in range(1, BATCH_ITEM_ATTEMPTS + 1):
-            payload = await self._post(
-                f"{self._base}/$batch",
-                {
-                    "requests": [
-                        {
-                            "id": key,
-                            "method": "POST",
-                            "url": self._invoke_url(None),
-                            "headers": {"Content-Type": "application/json"},
-                            "body": _set_body(identity, value),
-                        }
-                        for key, (identity, value) in pending.items()
-                    ]
-                },
-                "Set-CASMailbox",
-            )
+            body = {
+                "requests": [
+                    {
+                        "id": key,
+                        "method": "POST",
+                        "url": self._invoke_url(None),
+                        "headers": {"Content-Type": "application/json"},
+                        "body": _set_body(identity, value),
+                    }
+                    for key, (identity, value) in pending.items()
+                ]
+            }
+            try:
+                payload = await self._post(f"{self._base}/$batch", body, "Set-CASMailbox")
+            except ExchangeError as err:
+                if not outcomes:
+                    raise  # nothing landed: the whole batch failed
+                # Some did land: keep them (they get audit rows) and fail only those still pending.
+                failure = ExchangeCommandError("Set-CASMailbox", 0, type(err).__name__, str(err))
+                for key, (identity, value) in pending.items():
+                    outcomes[key] = SetOutcome(identity, value, failure)
+                break
             wait = 0.0
-            answered = {str(r.get("id")): r for r in payload.get("responses", []) if isinstance(r, dict)}
+            responses = payload.get("responses")
+            answered = {str(r.get("id")): r for r in responses or [] if isinstance(r, dict)}
             for key in list(pending):
                 identity, value = pending[key]
                 response = answered.get(key)
-                status = int(response.get("status", 0)) if response else 0
+                status = response.get("status") if response else 0
+                status = status if isinstance(status, int) else 0  # a malformed answer counts as none
                 if 200 <= status < 300:
                     outcomes[key] = SetOutcome(identity, value)
                     del pending[key]

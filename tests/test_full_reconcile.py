@@ -340,3 +340,38 @@ async def test_an_approval_or_revocation_during_the_listing_is_not_undone(
     assert target.guid not in {change.guid for change in during.changes}
     expected = event == "revoked"  # revoked: SMTP AUTH stays off; approved: it stays on
     assert tenant.find(target.guid).smtp_client_authentication_disabled is expected
+
+
+async def test_a_batch_that_partly_landed_keeps_its_landed_changes_when_the_retry_fails(
+    emulator: EmulatorServer,
+) -> None:
+    # Some sub-requests land, some come back throttled, and the re-batch then fails outright: the
+    # landed ones must be reported as done (they get audit rows), not lost in a whole-batch failure.
+    from shared.exchange import ExchangeClient, ExchangeRetryPolicy
+    from shared.identity import build_credential
+
+    tenant = emulator.tenant
+    targets = [m for m in tenant.snapshot() if m.smtp_client_authentication_disabled is not True][:10]
+    emulator.faults.configure(batch_item_throttle_rate=0.5, retry_after_seconds=0.3)
+    settings = load_settings()
+    credential = build_credential()
+
+    async def break_the_endpoint_after_the_first_batch() -> None:
+        while not any(e["kind"] == "batch" for e in emulator.calllog.entries()):  # noqa: ASYNC110 - the log has no event
+            await asyncio.sleep(0.01)
+        emulator.faults.configure(throttle_rate=1.0, retry_after_seconds=0.01)
+
+    async with ExchangeClient(
+        settings.exchange_endpoint, settings.tenant_id, credential, retry_policy=ExchangeRetryPolicy(attempts=1)
+    ) as exchange:
+        breaker = asyncio.create_task(break_the_endpoint_after_the_first_batch())
+        outcomes = await exchange.set_smtp_auth_disabled_batch([(m.guid, True) for m in targets])
+        await breaker
+    await credential.close()
+
+    landed = {o.identity for o in outcomes if o.ok}
+    failed = {o.identity for o in outcomes if not o.ok}
+    assert landed and failed and landed | failed == {m.guid for m in targets}
+    after = states(tenant)
+    assert all(after[guid] is True for guid in landed)
+    assert all(after[guid] is not True for guid in failed)
