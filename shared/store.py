@@ -7,7 +7,9 @@ refused rather than read as "no exceptions".
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, fields, replace
@@ -29,6 +31,8 @@ from shared.records import AuditEntry, PlanStatus, RunSummary, StoredPlan, tri_s
 from shared.settings import StorageConfig
 from shared.transport import transport_options
 from shared.workflow_records import ExceptionRequest, NotificationKind, OutboxItem, OutboxStatus, RequestStatus
+
+logger = logging.getLogger(__name__)
 
 STATE_TABLE: Final = "SmtpGuardState"
 EXCEPTIONS_TABLE: Final = "SmtpGuardExceptions"
@@ -564,14 +568,39 @@ class Store:
     async def lease(self, holder: str, duration: timedelta, now: Callable[[], datetime]) -> AsyncIterator[None]:
         """Hold the tenant's sweep lease, or raise RefusedError naming the run that holds it.
 
-        An ETag-guarded row with an expiry: a crashed run blocks others only until it expires.
+        An ETag-guarded row with an expiry: a crashed run blocks others only until it expires. A live
+        run renews it every third of `duration`, however long its listing takes.
         """
         table = self._table(STATE_TABLE)
         async with _storage_errors("take the sweep lease"):
             etag = await _take_lease(table, holder, now() + duration, now())
+        done = asyncio.Event()
+
+        async def renew() -> None:
+            nonlocal etag
+            while not done.is_set():
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), duration.total_seconds() / 3)
+                    return
+                entity = {"PartitionKey": "sweep", "RowKey": "lease", "Holder": holder, "ExpiresAt": now() + duration}
+                try:
+                    metadata = await table.update_entity(
+                        entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                    )
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    logger.error("SMTP AUTH Guard: run %s lost the sweep lease to another run", holder)
+                    return
+                except AzureError as err:  # try again at the next tick, before the lease runs out
+                    logger.warning("SMTP AUTH Guard: run %s could not renew its lease: %s", holder, _first_line(err))
+                    continue
+                etag = str(metadata["etag"])
+
+        renewal = asyncio.create_task(renew())
         try:
             yield
         finally:
+            done.set()
+            await renewal
             async with _storage_errors("release the sweep lease"):
                 with suppress(ResourceNotFoundError, ResourceModifiedError):  # expired and taken over
                     await table.delete_entity(

@@ -168,10 +168,12 @@ class _Sweep:
         changes: list[Change] = []
         scope = "all mailboxes" if since is None else f"mailboxes changed since {since:%Y-%m-%d %H:%M:%S}Z"
         self.progress(f"listing {scope}")
+        listing_clock = time.monotonic()
         async for page in self.exchange.iter_cas_mailboxes(changed_since=since):
             changes.extend(plan_changes(page, exceptions, now, plan))
             self.progress(f"listed {plan.scanned} mailboxes, {plan.changes} need a change")
         changes = await self._recheck(changes, exceptions, since, now)
+        listing_seconds = time.monotonic() - listing_clock
         summary.scanned, summary.planned = plan.scanned, len(changes)
         summary.by_reason = dict(Counter(change.reason.value for change in changes))
         summary.changes = changes
@@ -209,6 +211,13 @@ class _Sweep:
                 f"applied {summary.applied} of {len(changes)} changes, {summary.failed} failed, "
                 f"{summary.remaining} left for the next run{stop}"
             )
+            if result.stopped_by == "time budget" and not result.applied:
+                # Every run would list again and stop here: say what to change rather than stall.
+                summary.message += (
+                    f". The listing alone took {listing_seconds:.0f} s of SWEEP_TIME_BUDGET_SECONDS="
+                    f"{self.settings.sweep_time_budget_seconds}: raise it (and the host's functionTimeout) "
+                    "for a tenant this size"
+                )
             if summary.full:
                 await self.store.save_sweep_state(
                     self.mode.value, SweepState(watermark=state.watermark, full_pending=True), summary.run_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -145,6 +146,14 @@ async def test_a_stopped_full_run_makes_the_next_sweep_full(
     stopped = await sweep(full=True)
     assert stopped.outcome is RunOutcome.PARTIAL
     assert (await store.sweep_state("enforce")).full_pending
+    assert "listing alone took" not in stopped.message  # it did apply some: no stall to explain
+
+    # A listing that eats the whole budget applies nothing, run after run: the run says what to raise.
+    monkeypatch.setenv("SWEEP_TIME_BUDGET_SECONDS", "1")
+    emulator.faults.configure(latency_ms=1100)
+    stalled = await sweep(full=True)
+    assert stalled.outcome is RunOutcome.PARTIAL and stalled.applied == 0
+    assert re.search(r"The listing alone took \d+ s of SWEEP_TIME_BUDGET_SECONDS=1: raise it", stalled.message)
     monkeypatch.setenv("SWEEP_TIME_BUDGET_SECONDS", "120")
     emulator.faults.reset()
 
@@ -189,6 +198,23 @@ async def test_an_expired_lease_from_a_killed_run_is_taken_over(
         assert taken.outcome is RunOutcome.COMPLETED, taken.message
         with pytest.raises(ResourceNotFoundError):
             await state.get_entity("sweep", "lease")  # released at the end of the run
+
+
+async def test_a_live_run_keeps_its_lease_however_long_it_takes(emulator: EmulatorServer, store: Store) -> None:
+    from shared.errors import RefusedError
+
+    await store.initialise(emulator.tenant.tenant_id, "test")
+
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
+    async with store.lease("long-run", timedelta(seconds=0.9), clock):
+        await asyncio.sleep(1.5)  # longer than the lease: it must have been renewed meanwhile
+        with pytest.raises(RefusedError, match="long-run"):
+            async with store.lease("overlapping-run", timedelta(seconds=0.9), clock):
+                pass
+    async with store.lease("next-run", timedelta(seconds=0.9), clock):
+        pass  # released at the end, so the next run goes ahead
 
 
 async def test_an_exception_granted_or_revoked_between_runs_is_applied_by_the_next_incremental_run(
