@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Final
 
 from shared.clients import Clients
 from shared.errors import GuardError, RefusedError
@@ -17,9 +18,13 @@ from shared.reconcile import ExceptionRecord, ExceptionStatus
 from shared.workflow import exception_from_request, now_utc, write_exception
 from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus, RequestStatus
 
-REMINDERS: tuple[tuple[NotificationKind, timedelta], ...] = (
+RUN_INTERVAL: Final = timedelta(days=1)  # LIFECYCLE_SCHEDULE's default: once a day
+# Most urgent first. Only the most urgent due reminder goes out, so a short exception gets one mail,
+# not two at once; and the one-day reminder goes at the last run a full day or more before expiry,
+# not at the run that happens to fall in the final hours.
+REMINDERS: Final[tuple[tuple[NotificationKind, timedelta], ...]] = (
+    (NotificationKind.REMINDER_1, timedelta(days=1) + RUN_INTERVAL),
     (NotificationKind.REMINDER_14, timedelta(days=14)),
-    (NotificationKind.REMINDER_1, timedelta(days=1)),
 )
 
 
@@ -48,6 +53,7 @@ async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleRep
         for kind, before in REMINDERS:
             if record.expires_at - now <= before:
                 report.reminders += await _enqueue(c, about, kind, record, now)
+                break
     for request in await c.store.query_requests("Status eq @s", {"s": RequestStatus.PENDING.value}):
         if request.expires_at <= now:
             loaded = await c.store.get_request(request.id)

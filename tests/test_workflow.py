@@ -525,11 +525,12 @@ async def test_expired_exception_is_revoked_by_the_reconcile_and_the_owner_told(
     sent_before = len(emulator.tenant.sent_mail)
 
     c = await clients()
-    later = datetime.now(UTC) + timedelta(days=2, hours=12)  # 12 hours left: both reminders are due
-    first = await run_lifecycle(c, later)
-    again = await run_lifecycle(c, later)
-    assert (first.reminders, again.reminders) == (2, 0)
-    await send_outbox(later)
+    soon = datetime.now(UTC) + timedelta(hours=1)  # 3 days left: the 14-day reminder, not the 1-day one
+    later = datetime.now(UTC) + timedelta(days=1, hours=12)  # 36 hours left: the 1-day reminder
+    last = datetime.now(UTC) + timedelta(days=2, hours=12)  # 12 hours left: nothing new
+    counts = [(await run_lifecycle(c, moment)).reminders for moment in (soon, soon, later, later, last)]
+    assert counts == [1, 0, 1, 0, 0]  # each reminder once, never two at once
+    await send_outbox(last)
     reminders = emulator.tenant.sent_mail[sent_before:]
     assert len(reminders) == 2 and all("expires in" in m["subject"] for m in reminders)
     assert all("/api/exceptions/new?" in mail_text(m) for m in reminders)  # renewal link that prefills
