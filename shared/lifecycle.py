@@ -15,7 +15,7 @@ from typing import Final
 from shared.clients import Clients
 from shared.errors import GuardError, RefusedError
 from shared.reconcile import ExceptionRecord, ExceptionStatus
-from shared.workflow import exception_from_request, now_utc, write_exception
+from shared.workflow import granted_exception, now_utc
 from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus, RequestStatus
 
 RUN_INTERVAL: Final = timedelta(days=1)  # LIFECYCLE_SCHEDULE's default: once a day
@@ -80,12 +80,19 @@ async def _enqueue(c: Clients, about: str, kind: NotificationKind, record: Excep
 
 
 async def _repair_interrupted_approvals(c: Clients, records: list[ExceptionRecord], now: datetime) -> int:
-    """An approval whose process died after the decision but before the exception was written."""
+    """An approval whose process died after the decision but before the exception was written.
+
+    `records` was read at the start of the run, so the write only inserts: an exception written,
+    or revoked, meanwhile is never overwritten.
+    """
     have = {r.id for r in records}
     repaired = 0
     for request in await c.store.query_requests("Status eq @s", {"s": RequestStatus.APPROVED.value}):
         if request.id in have or request.exception_expires_at is None or request.exception_expires_at <= now:
             continue
-        await write_exception(c, exception_from_request(request), request.decided_by)
+        try:
+            await c.store.add_exception(await granted_exception(c, request), created_by=request.decided_by)
+        except RefusedError:
+            continue  # written meanwhile (by the approval itself, or revoked since): leave it
         repaired += 1
     return repaired

@@ -187,7 +187,11 @@ class Store:
             return [_exception_from_entity(e) async for e in self._table(EXCEPTIONS_TABLE).list_entities()]
 
     async def add_exception(self, record: ExceptionRecord, created_by: str) -> list[ExceptionRecord]:
-        """Store `record` and, atomically, mark the mailbox's other approved records superseded."""
+        """Store `record` and, atomically, mark the mailbox's other approved records superseded.
+
+        RefusedError when a record with its id exists already (it is never overwritten, so a late
+        repair cannot bring back an exception that was revoked meanwhile).
+        """
         table = self._table(EXCEPTIONS_TABLE)
         async with _storage_errors("write the exception"):
             previous = [
@@ -855,6 +859,8 @@ async def _submit(table: TableClient, operations: list[Any]) -> None:
     except TableTransactionError as err:
         if getattr(err, "status_code", None) == 412:
             raise RefusedError("a stored record changed while it was being updated; try again") from None
+        if getattr(err, "error_code", None) == "EntityAlreadyExists":
+            raise RefusedError("the record exists already") from None
         raise
 
 

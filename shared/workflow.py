@@ -349,13 +349,18 @@ def exception_from_request(request: ExceptionRequest, device: str | None = None)
     )
 
 
-async def _grant(c: Clients, request: ExceptionRequest, principal: Principal, now: datetime) -> DecisionResult:
+async def granted_exception(c: Clients, request: ExceptionRequest) -> ExceptionRecord:
+    """The exception an approved request grants, with the devices of the exception it renews."""
     device = request.vendor
     if request.renews_exception_id:  # adding a device to an existing exception keeps the old ones
         previous = await c.store.get_exception(request.renews_exception_id)
         if previous is not None and previous.device and request.vendor not in previous.device:
             device = f"{previous.device}; {request.vendor}"
-    record = exception_from_request(request, device)
+    return exception_from_request(request, device)
+
+
+async def _grant(c: Clients, request: ExceptionRequest, principal: Principal, now: datetime) -> DecisionResult:
+    record = await granted_exception(c, request)
     await write_exception(c, record, principal.object_id)
     return await _apply_now(c, request, record, principal, now)
 

@@ -940,3 +940,34 @@ async def test_graph_network_errors_become_graph_errors() -> None:
         await graph.get_user("someone@contoso.example")
     evidence = await graph.security_defaults()
     assert evidence.unavailable == "not available: Graph could not be reached (ConnectError)"
+
+
+async def test_an_interrupted_approval_is_repaired_once_and_never_overwrites(
+    people: People, emulator: EmulatorServer, store: Store, storage: str
+) -> None:
+    from azure.data.tables.aio import TableClient
+
+    from shared.clients import clients
+    from shared.errors import RefusedError
+    from shared.lifecycle import run_lifecycle
+    from shared.store import EXCEPTIONS_TABLE
+
+    request_id = await submitted_request(people)
+    await decide_through_the_link(people, emulator, request_id)
+    granted = await store.get_exception(request_id)
+    assert granted is not None
+    # The approving process died after the decision, before the exception was written.
+    async with TableClient.from_connection_string(storage, EXCEPTIONS_TABLE) as table:
+        await table.delete_entity(granted.mailbox_guid, granted.id)
+
+    c = await clients()
+    assert (await run_lifecycle(c)).repaired == 1
+    repaired = await store.get_exception(request_id)
+    assert repaired is not None and repaired.is_active(datetime.now(UTC)) and repaired.device == granted.device
+    assert (await run_lifecycle(c)).repaired == 0
+
+    # The repair only inserts: an exception with that id, whatever its state now, is never overwritten.
+    await store.revoke_exception_by_id(repaired, "admin", datetime.now(UTC))
+    with pytest.raises(RefusedError, match="exists already"):
+        await store.add_exception(granted, created_by="repair")
+    assert (await store.get_exception(request_id)).status.value == "revoked"
