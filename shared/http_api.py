@@ -143,7 +143,8 @@ async def submit(req: func.HttpRequest, principal: Principal, c: Clients) -> fun
         values = {name: fields.get(name, "") for name in FIELDS}
         token, cookie = csrf_token(req, settings.public_base_url)
         context = _form_context(c, principal, values, err.errors or {"form": err.message})
-        return html("form.html", err.status, cookie, csrf=token, **context)
+        retry = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
+        return html("form.html", err.status, {**cookie, **retry}, csrf=token, **context)
     location = f"/api/exceptions/{request.id}"
     if as_json:
         return json_response(public_request(request), 201, {"Location": location})

@@ -477,6 +477,14 @@ async def test_rate_limit_per_requester(people: People, monkeypatch: pytest.Monk
     refused = await submit_json(people, mailbox=people.notify.primary_smtp_address)
     assert refused.status == 429 and "2 requests a day (UTC)" in refused.text
     assert 0 < int(refused.headers["Retry-After"]) <= 86_400  # until midnight UTC
+    page = await call("exception_form", "GET", "/api/exceptions/new", user=people.requester)
+    token, cookie = csrf_from(page)
+    form = valid_request(people.notify.primary_smtp_address, people.requester.primary_smtp_address)
+    as_form = await call(
+        "exception_submit", "POST", "/api/exceptions", user=people.requester, form={**form, "csrf_token": token},
+        cookie=cookie,
+    )  # fmt: skip
+    assert as_form.status == 429 and 0 < int(as_form.headers["Retry-After"]) <= 86_400  # the form path too
     # The refused request reserved nothing: someone else may still ask for that mailbox.
     assert (await submit_json(people, mailbox=people.notify.primary_smtp_address, user=people.outsider)).status == 201
 
