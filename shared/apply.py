@@ -37,6 +37,7 @@ class ApplyResult:
     not_started: list[Change] = field(default_factory=list)
     stopped_by: str = ""  # "", "time budget", "failures" or "error"
     error: BaseException | None = None  # what stopped the run, e.g. the audit write failed
+    unexpected: Exception | None = None  # a worker failed in a way nobody foresaw (see apply_changes)
 
 
 async def apply_changes(
@@ -62,7 +63,7 @@ async def apply_changes(
     unrecorded: asyncio.Queue[list[Change] | None] = asyncio.Queue(maxsize=AUDIT_QUEUE_BATCHES)
 
     def should_stop() -> str:
-        if result.error is not None:
+        if result.error is not None or result.stopped_by == "error":
             return "error"
         if time.monotonic() >= deadline:
             return "time budget"
@@ -115,12 +116,20 @@ async def apply_changes(
                 return
 
     writer = asyncio.create_task(audit_writer())
-    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(batches))))))
-    if not writer.done():
-        await unrecorded.put(None)
-    await writer
-    while not work.empty():
-        result.not_started.extend(work.get_nowait())
+    tasks = [asyncio.create_task(worker()) for _ in range(max(1, min(workers, len(batches))))]
+    try:
+        await asyncio.gather(*tasks)
+    except Exception as err:
+        # Something unforeseen (a defect, a broken progress pipe) in one worker: the others start no
+        # new batch, those in flight finish and are recorded, and the audit rows are still written.
+        result.stopped_by, result.unexpected = "error", err
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        if not writer.done():
+            await unrecorded.put(None)
+        await writer
+        while not work.empty():
+            result.not_started.extend(work.get_nowait())
     return result
 
 

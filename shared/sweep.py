@@ -207,6 +207,9 @@ class _Sweep:
         if result.failed or result.not_started:
             summary.outcome = RunOutcome.PARTIAL
             stop = f", stopped by {result.stopped_by}" if result.stopped_by else ""
+            if result.unexpected is not None:
+                stop += f" ({type(result.unexpected).__name__}: {result.unexpected})"
+                logger.error("SMTP AUTH Guard: run %s stopped", summary.run_id, exc_info=result.unexpected)
             summary.message = (
                 f"applied {summary.applied} of {len(changes)} changes, {summary.failed} failed, "
                 f"{summary.remaining} left for the next run{stop}"

@@ -375,3 +375,26 @@ async def test_a_batch_that_partly_landed_keeps_its_landed_changes_when_the_retr
     after = states(tenant)
     assert all(after[guid] is True for guid in landed)
     assert all(after[guid] is not True for guid in failed)
+
+
+async def test_an_unforeseen_failure_while_applying_stops_the_run_and_loses_no_audit_row(
+    emulator: EmulatorServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `sweep ... | head` closes the CLI's progress pipe: the next progress line raises mid-apply.
+    await install(store, emulator.tenant.tenant_id)
+    monkeypatch.setenv("EXCHANGE_CONCURRENCY", "2")
+    before = states(emulator.tenant)
+
+    def progress(message: str) -> None:
+        if message.startswith("applied "):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    summary = await sweep("enforce", progress=progress)
+
+    assert summary.outcome is RunOutcome.PARTIAL, summary.message
+    assert "stopped by error (BrokenPipeError" in summary.message
+    changed = {g for g, v in states(emulator.tenant).items() if v != before[g]}
+    assert changed and summary.applied == len(changed) and summary.remaining > 0
+    audit = await store.list_audit(summary.run_id)
+    assert {row["MailboxGuid"] for row in audit if "MailboxGuid" in row} == changed  # every change recorded
+    assert (await store.sweep_state("enforce")).full_pending  # the next run lists everything again
