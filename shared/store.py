@@ -487,7 +487,7 @@ class Store:
         entity = {"PartitionKey": PENDING_PARTITION, "RowKey": mailbox_guid, "RequestId": request_id, "ClaimedAt": now}
         async with _storage_errors("reserve the mailbox"):
             for _ in range(3):
-                with suppress(ResourceNotFoundError):  # the holder gave the row back while we looked
+                with suppress(_ReservationVanished):  # the holder gave the row back while we looked
                     return await _claim(table, entity, now, self.get_request)
         raise StoreError("could not reserve the mailbox: its reservation kept changing; try again")
 
@@ -679,18 +679,25 @@ def from_entity(cls: type[T], entity: dict[str, Any]) -> T:
     return cls(**values)
 
 
+class _ReservationVanished(Exception):
+    """The reservation row was deleted between two steps of a claim: try the claim again."""
+
+
 async def _claim(
     table: TableClient,
     entity: dict[str, Any],
     now: datetime,
     get_request: Callable[[str], Awaitable[tuple[ExceptionRequest, str] | None]],
 ) -> str | None:
-    """One attempt of Store.claim_mailbox; ResourceNotFoundError when the row vanished meanwhile."""
+    """One attempt of Store.claim_mailbox; _ReservationVanished when the row went away meanwhile."""
     try:
         await table.create_entity(entity, **_NO_ECHO)
         return None
     except ResourceExistsError:
-        current = await table.get_entity(PENDING_PARTITION, entity["RowKey"])
+        try:
+            current = await table.get_entity(PENDING_PARTITION, entity["RowKey"])
+        except ResourceNotFoundError:
+            raise _ReservationVanished from None
     holder = str(current.get("RequestId", ""))
     loaded = await get_request(holder) if holder else None
     if loaded is None and now - current.get("ClaimedAt", now) < CLAIM_GRACE:
@@ -700,6 +707,8 @@ async def _claim(
     try:
         unchanged = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
         await table.update_entity(entity, mode=UpdateMode.REPLACE, **unchanged)
+    except ResourceNotFoundError:
+        raise _ReservationVanished from None
     except ResourceModifiedError:
         return str((await table.get_entity(PENDING_PARTITION, entity["RowKey"])).get("RequestId", ""))
     return None
