@@ -14,6 +14,7 @@ from shared.records import PlanStatus, RunOutcome, RunSummary
 from shared.settings import EnforcementMode, load_settings
 from shared.store import Store
 from shared.sweep import SweepRequest, run_sweep
+from tests.workflow_support import grant_as_admin
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -62,24 +63,7 @@ async def test_enforce_reaches_exactly_the_desired_state(emulator: EmulatorServe
     org_before = tenant.org_smtp_client_authentication_disabled
     mailboxes = tenant.snapshot()
     excepted = mailboxes[0]
-    from shared.exchange import ExchangeClient
-    from shared.identity import build_credential
-    from shared.registry import grant_exception, validate_grant
-
-    settings = load_settings()
-    credential = build_credential()
-    async with ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential) as exchange:
-        grant = validate_grant(
-            mailbox=excepted.primary_smtp_address,
-            days="30",
-            reason="scanner",
-            owner=None,
-            device="MFP 3rd floor",
-            auth="oauth",
-            max_days=180,
-        )
-        await grant_exception(store, exchange, settings.tenant_id, grant, "admin", datetime.now(UTC))
-    await credential.close()
+    await grant_as_admin(store, excepted.primary_smtp_address, device="MFP 3rd floor")
     before = states(tenant)
     planned = {g for g, v in before.items() if (v is not False if g == excepted.guid else v is not True)}
 
@@ -292,9 +276,6 @@ async def test_an_approval_or_revocation_during_the_listing_is_not_undone(
     # sweep lists, the sweep's earlier read of the exceptions must not turn the mailbox back.
     from azure.data.tables import TableClient, UpdateMode
 
-    from shared.exchange import ExchangeClient
-    from shared.identity import build_credential
-    from shared.registry import grant_exception, validate_grant
     from shared.store import EXCEPTIONS_TABLE
 
     tenant = emulator.tenant
@@ -302,15 +283,7 @@ async def test_an_approval_or_revocation_during_the_listing_is_not_undone(
     assert (await sweep("enforce")).outcome is RunOutcome.COMPLETED
     target = next(m for m in tenant.snapshot() if m.recipient_type_details == "UserMailbox")
     if event == "revoked":  # it holds an exception, and SMTP AUTH is on
-        settings = load_settings()
-        credential = build_credential()
-        grant = validate_grant(
-            mailbox=target.primary_smtp_address, days="30", reason="scanner", owner=None, device="", auth="oauth",
-            max_days=180,
-        )  # fmt: skip
-        async with ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential) as exchange:
-            record, _ = await grant_exception(store, exchange, settings.tenant_id, grant, "admin", datetime.now(UTC))
-        await credential.close()
+        record = await grant_as_admin(store, target.primary_smtp_address)
         assert (await sweep("enforce")).outcome is RunOutcome.COMPLETED
         assert tenant.find(target.guid).smtp_client_authentication_disabled is False
 

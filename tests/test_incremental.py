@@ -222,31 +222,18 @@ async def test_an_exception_granted_or_revoked_between_runs_is_applied_by_the_ne
 ) -> None:
     # `exceptions add` / `revoke` only write storage; the mailbox itself does not change, so the
     # incremental listing would not show it. The next incremental run must still act on it.
-    from shared.exchange import ExchangeClient
-    from shared.identity import build_credential
-    from shared.registry import grant_exception, revoke_exception, validate_grant
+    from shared.registry import revoke_exception
+    from tests.workflow_support import grant_as_admin
 
     await enforced_tenant(emulator, store)
     target = next(m for m in emulator.tenant.snapshot() if m.recipient_type_details == "UserMailbox")
-    settings = load_settings()
-    credential = build_credential()
-    grant = validate_grant(
-        mailbox=target.primary_smtp_address,
-        days="30",
-        reason="scanner",
-        owner=None,
-        device="MFP",
-        auth="oauth",
-        max_days=180,
-    )
-    async with ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential) as exchange:
-        await grant_exception(store, exchange, settings.tenant_id, grant, "admin", datetime.now(UTC))
+    await grant_as_admin(store, target.primary_smtp_address)
     granted = await sweep()
     assert granted.outcome is RunOutcome.COMPLETED and granted.applied == 1, granted.message
     assert emulator.tenant.find(target.guid).smtp_client_authentication_disabled is False
 
-    await revoke_exception(store, settings.tenant_id, target.primary_smtp_address, "admin", datetime.now(UTC))
-    await credential.close()
+    tenant_id = load_settings().tenant_id
+    await revoke_exception(store, tenant_id, target.primary_smtp_address, "admin", datetime.now(UTC))
     revoked = await sweep()
     assert revoked.outcome is RunOutcome.COMPLETED and revoked.applied == 1, revoked.message
     assert emulator.tenant.find(target.guid).smtp_client_authentication_disabled is True

@@ -178,3 +178,25 @@ def valid_request(mailbox: str, owner: str, **overrides: str) -> dict[str, str]:
     }
     fields.update(overrides)
     return fields
+
+
+async def grant_as_admin(store: Any, address: str, device: str = "MFP") -> Any:
+    """`exceptions add` for a 30-day OAuth exception, through the registry and the real Exchange client."""
+    from datetime import UTC, datetime
+
+    from shared.exchange import ExchangeClient
+    from shared.identity import build_credential
+    from shared.registry import grant_exception, validate_grant
+    from shared.settings import load_settings
+
+    settings = load_settings()
+    grant = validate_grant(
+        mailbox=address, days="30", reason="scanner", owner=None, device=device, auth="oauth", max_days=180
+    )
+    credential = build_credential()
+    try:
+        async with ExchangeClient(settings.exchange_endpoint, settings.tenant_id, credential) as exchange:
+            record, _ = await grant_exception(store, exchange, settings.tenant_id, grant, "admin", datetime.now(UTC))
+    finally:
+        await credential.close()  # type: ignore[attr-defined]
+    return record
