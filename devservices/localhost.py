@@ -5,7 +5,8 @@ Azure Functions Core Tools cannot run here, so this plays the platform's part on
 * the same function objects as on Azure: `function_app.app.get_functions()`, read once; each HTTP
   trigger is served at `/{routePrefix}/{route}` with the host's route template rules, and the
   request and response go through `azure.functions`' own HTTP converters (the worker's code path);
-* timers run on demand through Core Tools' admin API, `POST /admin/functions/{name}`;
+* timers run on demand through Core Tools' admin API, `POST /admin/functions/{name}`, which refuses
+  a browser's cross-site request (a foreign `Origin`, `Origin: null`, `Sec-Fetch-Site: cross-site`);
 * App Service Authentication (Easy Auth) with Entra ID, see `devservices.easyauth`.
 
     python -m devservices.localhost [--port 7071] [--host 127.0.0.1] [--users-url URL]
@@ -57,6 +58,13 @@ EASY_AUTH_SETTING: Final = "WEBSITE_AUTH_ENABLED"
 # Headers the server computes itself; a function's values for them would be wrong or harmful.
 _HOP_BY_HOP: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _LOOPBACK_NAMES: Final = frozenset({"localhost"})
+# An Origin header as browsers serialise it: scheme, host and an optional port, nothing else.
+_ORIGIN = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[^\s:/?#\[\]@]+)(?::(?P<port>[1-9]\d{0,4}))?",
+    re.IGNORECASE,
+)
+# Fetch Metadata values of a request the browser did not send on behalf of another site.
+_OWN_FETCH_SITES: Final = frozenset({"same-origin", "none"})
 
 log = logging.getLogger("devservices.localhost")
 
@@ -349,7 +357,11 @@ class IndexedFunction:
 
 
 class PathOnlyAccessLogger(AbstractAccessLogger):
-    """Access lines without the query string: approval links carry their single-use token there."""
+    """Access lines without the query string, which may carry a secret (an old-style link, a mistaken client).
+
+    Approval links carry their single-use token in the URL fragment (`/api/approvals/{id}#token=...`),
+    which browsers never send, so it cannot reach this log in the first place.
+    """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info("%s %s %s %.1f ms", request.method, request.path, response.status, time * 1000)
@@ -793,14 +805,46 @@ class LocalHost:
             log.exception("function %s failed", function.name)
             return web.Response(status=500, text="Internal Server Error")
 
+    def _is_own_origin(self, origin: str) -> bool:
+        """`origin` is the one this host serves: its own base URL, compared case-insensitively.
+
+        Bound to loopback, the host answers to every loopback name on its port (`_guard_host`), so
+        `http://localhost:PORT` and `http://127.0.0.1:PORT` are both its own. The request's `Host`
+        header plays no part: a client chooses it, and under DNS rebinding it names the attacker's site.
+        `null` and anything that is not a bare `scheme://host[:port]` are foreign.
+        """
+        match = _ORIGIN.fullmatch(origin.strip())
+        if match is None or match["scheme"].lower() != "http":
+            return False
+        port = int(match["port"]) if match["port"] else 80
+        name = match["host"].lower().strip("[]")
+        if port != self.port:
+            return False
+        own = self.host.lower().strip("[]")
+        return name == own or (_is_loopback(own) and _is_loopback(name))
+
+    def _refuse_cross_site(self, request: web.Request) -> web.StreamResponse | None:
+        """A 403 for a request a browser sent on behalf of another site, else None.
+
+        Core Tools' clients, curl and scripts send neither header and pass, as under `func start`.
+        """
+        origin = request.headers.get("Origin")
+        site = request.headers.get("Sec-Fetch-Site")
+        if (origin is not None and not self._is_own_origin(origin)) or (
+            site is not None and site.strip().lower() not in _OWN_FETCH_SITES
+        ):
+            return web.json_response({"error": "cross-site requests are refused"}, status=403)
+        return None
+
     async def _admin_invoke(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refuse_cross_site(request)  # before anything else: a foreign page learns nothing
+        if refused is not None:
+            return refused
         function = self.functions.get(request.match_info["name"].lower())
         if function is None:
             return web.json_response({"error": "function not found"}, status=404)
         if function.trigger_type != "timerTrigger":
             return web.json_response({"error": "only timer functions can be invoked here"}, status=400)
-        if request.headers.get("Origin") not in (None, f"{request.scheme}://{request.host}"):
-            return web.json_response({"error": "cross-site requests are refused"}, status=403)
         await request.read()  # {"input": ""} or nothing; a timer has no input
         task = asyncio.create_task(self._run_timer_logged(function))
         self._background.add(task)

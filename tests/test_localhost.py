@@ -440,6 +440,74 @@ async def test_timer_via_admin_api(host: LocalHost, timer_calls: list[func.Timer
         assert {"tick", "broken_timer", "echo", "item_new"} <= names
 
 
+async def _admin_tick(host: LocalHost, headers: dict[str, str], name: str = "tick") -> int:
+    """POST /admin/functions/{name} with `headers`; the answer's status."""
+    async with _client() as client, client.post(f"{host.base_url}/admin/functions/{name}", headers=headers) as response:
+        await response.read()
+        return response.status
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},  # sent after a cross-site redirect, by sandboxed frames and file: pages
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},  # a page on another port of 127.0.0.1 is same-site, not same-origin
+        {"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "cross-site"},  # Fetch Metadata is checked too
+        {"Origin": "http://127.0.0.1:{port}.evil.example"},
+        {"Origin": "https://127.0.0.1:{port}"},  # another scheme is another origin
+        {"Origin": "http://127.0.0.1:1", "Host": "127.0.0.1:1"},  # the Host header does not vouch for an origin
+    ],
+    ids=[
+        "foreign",
+        "null",
+        "fetch-cross-site",
+        "fetch-same-site",
+        "own-origin-but-cross-site",
+        "suffix",
+        "https",
+        "forged-host",
+    ],
+)
+async def test_admin_api_refuses_cross_site_requests_and_runs_no_timer(
+    host: LocalHost, timer_calls: list[func.TimerRequest], headers: dict[str, str]
+) -> None:
+    headers = {name: value.replace("{port}", str(host.port)) for name, value in headers.items()}
+    before = len(timer_calls)
+    TICKED.clear()
+    assert await _admin_tick(host, headers) == 403
+    assert not await asyncio.to_thread(TICKED.wait, 0.3)  # an accepted run starts before the answer goes out
+    assert len(timer_calls) == before
+    assert await _admin_tick(host, headers, "nope") == 403  # refused before the name is looked up
+    # The same call without the browser's headers still runs the timer (curl, Core Tools).
+    assert await _admin_tick(host, {}) == 202
+    assert await asyncio.to_thread(TICKED.wait, 5)
+    assert len(timer_calls) == before + 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # curl, Core Tools' clients: no Origin, no Fetch Metadata
+        {"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"},
+        {"Origin": "HTTP://127.0.0.1:{port}"},  # compared case-insensitively
+        {"Origin": "http://localhost:{port}"},  # bound to loopback, the host answers to every loopback name
+        {"Sec-Fetch-Site": "none"},  # typed into the address bar or sent by an extension, not by a site
+    ],
+    ids=["no-origin", "own-origin", "own-origin-uppercase", "localhost", "fetch-none"],
+)
+async def test_admin_api_runs_the_timer_for_local_callers_and_its_own_origin(
+    host: LocalHost, timer_calls: list[func.TimerRequest], headers: dict[str, str]
+) -> None:
+    headers = {name: value.replace("{port}", str(host.port)) for name, value in headers.items()}
+    before = len(timer_calls)
+    TICKED.clear()
+    assert await _admin_tick(host, headers) == 202
+    assert await asyncio.to_thread(TICKED.wait, 5)
+    assert len(timer_calls) == before + 1
+
+
 async def test_fire(host: LocalHost, timer_calls: list[func.TimerRequest]) -> None:
     before = len(timer_calls)
     host.fire("tick")
