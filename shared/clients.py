@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from azure.core.credentials_async import AsyncTokenCredential
 
@@ -31,6 +31,9 @@ class Clients:
     exchange: ExchangeClient
     graph: GraphClient
     marker_checked_at: float = field(default=-MARKER_RECHECK)
+    # The anonymous health answer, kept briefly so that a burst of probes costs one storage read.
+    health: tuple[float, Any] | None = None
+    health_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def require_installed(self) -> None:
         """The install marker check, at most every MARKER_RECHECK seconds per process and settings."""

@@ -24,6 +24,10 @@ class DailyLimitError(GuardError):
     """Someone has already submitted as many requests today (UTC) as REQUEST_RATE_LIMIT_PER_DAY allows."""
 
 
+class PendingLimitError(GuardError):
+    """Someone already has as many pending requests as REQUEST_PENDING_PER_REQUESTER allows."""
+
+
 class NotYetStoredError(GuardError):
     """A notification's request is not stored yet: its submission is still being written. Retried."""
 

@@ -33,9 +33,10 @@ from shared.errors import (
     ExchangeCommandError,
     ExchangeError,
     IncompleteListingError,
+    InputError,
     MailboxNotFoundError,
 )
-from shared.reconcile import MailboxState
+from shared.reconcile import MailboxState, Recipient
 from shared.transport import transport_options
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,12 @@ USER_AGENT: Final = "smtp-auth-guard/0.1"
 BATCH_LIMIT: Final = 10  # the endpoint refuses more sub-requests per $batch
 PAGE_SIZE: Final = 1000
 CAS_SELECT: Final = ("Guid", "PrimarySmtpAddress", "SmtpClientAuthenticationDisabled")
+# One mailbox looked up on its own also says which user it belongs to.
+ONE_MAILBOX_SELECT: Final = (*CAS_SELECT, "ExternalDirectoryObjectId")
+RECIPIENT_SELECT: Final = ("Guid", "PrimarySmtpAddress", "ExternalDirectoryObjectId", "RecipientTypeDetails")
+# Exchange reads `*` in an -Identity as a wildcard; no caller may ever send one (the input rules refuse
+# it too, in shared/validation.py).
+_WILDCARD: Final = "*"
 # Throttled or failing sub-requests of a $batch are invisible to the pipeline; this bounds their re-sends.
 BATCH_ITEM_ATTEMPTS: Final = 6
 _TRANSIENT: Final = frozenset({408, 429, 500, 502, 503, 504})
@@ -214,6 +221,7 @@ class ExchangeClient:
     async def invoke(
         self, cmdlet: str, parameters: Mapping[str, Any], select: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
+        _literal_identity(parameters.get("Identity"))
         return [item async for page in self.iter_pages(cmdlet, parameters, select) for item in page]
 
     # -- cmdlets -----------------------------------------------------------------------------------
@@ -239,12 +247,29 @@ class ExchangeClient:
     async def find_mailbox(self, identity: str) -> MailboxState | None:
         """One mailbox by address, GUID or object id; None when Exchange has no such mailbox."""
         try:
-            items = await self.invoke("Get-CASMailbox", {"Identity": identity}, CAS_SELECT)
+            items = await self.invoke("Get-CASMailbox", {"Identity": identity}, ONE_MAILBOX_SELECT)
         except MailboxNotFoundError:
             return None
         return _mailbox_state(items[0]) if items else None
 
+    async def find_recipient(self, identity: str) -> Recipient | None:
+        """Any recipient Exchange knows by this address (a user, a shared mailbox, a contact); None if none."""
+        try:
+            items = await self.invoke("Get-Recipient", {"Identity": identity}, RECIPIENT_SELECT)
+        except MailboxNotFoundError:
+            return None
+        if not items:
+            return None
+        item = items[0]
+        return Recipient(
+            guid=str(item.get("Guid") or ""),
+            address=str(item.get("PrimarySmtpAddress") or "").lower(),
+            object_id=str(item.get("ExternalDirectoryObjectId") or ""),
+            type=str(item.get("RecipientTypeDetails") or ""),
+        )
+
     async def set_smtp_auth_disabled(self, identity: str, value: bool | None) -> None:
+        _literal_identity(identity)
         await self._post(self._invoke_url(None), _set_body(identity, value), "Set-CASMailbox")
 
     async def set_smtp_auth_disabled_batch(self, items: Sequence[tuple[str, bool | None]]) -> list[SetOutcome]:
@@ -314,6 +339,11 @@ class ExchangeClient:
 # -- payloads ----------------------------------------------------------------------------------------
 
 
+def _literal_identity(identity: Any) -> None:
+    if isinstance(identity, str) and _WILDCARD in identity:
+        raise InputError("identity", f"{identity[:80]!r} holds a wildcard, which Exchange would expand")
+
+
 def _cmdlet_body(cmdlet: str, parameters: Mapping[str, Any]) -> dict[str, Any]:
     return {"CmdletInput": {"CmdletName": cmdlet, "Parameters": dict(parameters)}}
 
@@ -330,7 +360,12 @@ def _mailbox_state(item: Mapping[str, Any]) -> MailboxState:
     guid = item.get("Guid")
     if not guid:
         raise IncompleteListingError("a listed mailbox has no Guid")
-    return MailboxState(guid=str(guid), address=str(item.get("PrimarySmtpAddress", "")), smtp_auth_disabled=value)
+    return MailboxState(
+        guid=str(guid),
+        address=str(item.get("PrimarySmtpAddress", "")),
+        smtp_auth_disabled=value,
+        user_id=str(item.get("ExternalDirectoryObjectId") or ""),
+    )
 
 
 def _json_or_none(response: AsyncHttpResponse) -> Any:

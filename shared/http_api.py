@@ -7,9 +7,10 @@ Browsers get accessible HTML with inline field errors; API clients (JSON) get JS
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import Any
+from typing import Any, Final
 
 import azure.functions as func
 
@@ -17,13 +18,13 @@ from shared.clients import Clients, clients
 from shared.errors import GuardError, NotInstalledError, StoreError, WrongTenantError
 from shared.principal import Principal, principal_from_headers
 from shared.reconcile import AuthMethod
-from shared.settings import SettingsError, load_workflow_settings
-from shared.store import Store
+from shared.settings import SettingsError
 from shared.web import (
     CSRF_FIELD,
     LINK_CODE_HEADERS,
     HttpError,
     check_csrf,
+    check_same_origin,
     csrf_token,
     html,
     is_json_body,
@@ -34,17 +35,18 @@ from shared.web import (
 )
 from shared.workflow import (
     FIELDS,
-    can_view,
     decide,
     gather_evidence,
     grantable_days,
     is_approver,
     longest_days,
     now_utc,
+    own_stake,
     public_request,
     revoke,
     submit_request,
     validate_request,
+    viewable_request,
 )
 from shared.workflow_records import AlternativesReason, RequestStatus, SenderKind
 
@@ -94,6 +96,22 @@ def _route_id(req: func.HttpRequest) -> str:
     return (req.route_params.get("id") or "").lower()
 
 
+async def _csrf(req: func.HttpRequest, principal: Principal, c: Clients) -> tuple[str, dict[str, str]]:
+    """A CSRF token for this user's form, and its Set-Cookie header when a new one was made."""
+    return csrf_token(req, c.settings.public_base_url, await c.store.csrf_secret(), principal.object_id)
+
+
+async def _check_post(req: func.HttpRequest, fields: dict[str, str], principal: Principal, c: Clients) -> None:
+    """Every POST comes from our own origin; a form post also carries this user's CSRF token.
+
+    JSON bodies need a CORS preflight cross-site, which is never allowed, so they need no token.
+    """
+    if is_json_body(req):
+        check_same_origin(req, c.settings.public_base_url)
+    else:
+        check_csrf(req, fields, c.settings.public_base_url, await c.store.csrf_secret(), principal.object_id)
+
+
 # -- the request form and submission ------------------------------------------------------------------------
 
 
@@ -119,7 +137,7 @@ def _form_context(c: Clients, principal: Principal, values: dict[str, str], erro
 async def request_form(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
     values = {name: req.params.get(name, "") for name in FIELDS}
     values["mailbox"] = values["mailbox"] or principal.upn
-    token, cookie = csrf_token(req, c.settings.public_base_url)
+    token, cookie = await _csrf(req, principal, c)
     return html("form.html", 200, cookie, csrf=token, **_form_context(c, principal, values, {}))
 
 
@@ -127,8 +145,7 @@ async def request_form(req: func.HttpRequest, principal: Principal, c: Clients) 
 async def submit(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
     fields = read_input(req)
     as_json = is_json_body(req)
-    if not as_json:
-        check_csrf(req, fields, c.settings.public_base_url)
+    await _check_post(req, fields, principal, c)
     settings = c.settings
     try:
         draft = validate_request(
@@ -140,8 +157,10 @@ async def submit(req: func.HttpRequest, principal: Principal, c: Clients) -> fun
             raise
         if "request_id" in err.errors:
             err.errors = {"mailbox": f"{err.message}: see /api/exceptions/{err.errors['request_id']}"}
+        elif err.status == 409:
+            err.errors = {"mailbox": err.message}
         values = {name: fields.get(name, "") for name in FIELDS}
-        token, cookie = csrf_token(req, settings.public_base_url)
+        token, cookie = await _csrf(req, principal, c)
         context = _form_context(c, principal, values, err.errors or {"form": err.message})
         retry = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else {}
         return html("form.html", err.status, {**cookie, **retry}, csrf=token, **context)
@@ -153,12 +172,7 @@ async def submit(req: func.HttpRequest, principal: Principal, c: Clients) -> fun
 
 @endpoint
 async def status(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
-    loaded = await c.store.get_request(_route_id(req))
-    if loaded is None:
-        raise HttpError(404, "no such request")
-    request, _ = loaded
-    if not await can_view(c, request, principal):
-        raise HttpError(403, "only the requester, the owner and approvers may see this request")
+    request = await viewable_request(c, _route_id(req), principal)
     if wants_json(req):
         return json_response(public_request(request))
     return html("status.html", request=request)
@@ -181,7 +195,7 @@ async def approval_page(req: func.HttpRequest, principal: Principal, c: Clients)
     lapsed = request.status is RequestStatus.PENDING and now >= request.expires_at
     open_for_decision = request.status is RequestStatus.PENDING and not lapsed
     evidence = await gather_evidence(c, request, now) if open_for_decision else None
-    csrf, cookie = csrf_token(req, c.settings.public_base_url)
+    csrf, cookie = await _csrf(req, principal, c)
     return html(
         "approval.html",
         200,
@@ -192,7 +206,7 @@ async def approval_page(req: func.HttpRequest, principal: Principal, c: Clients)
         grantable=grantable_days(c, request, now),
         csrf=csrf,
         csrf_field=CSRF_FIELD,
-        self_request=principal.object_id == request.requester_id,
+        own_stake=own_stake(request, principal),
         retirement=c.settings.basic_auth_retirement_date,
     )
 
@@ -200,8 +214,7 @@ async def approval_page(req: func.HttpRequest, principal: Principal, c: Clients)
 @endpoint
 async def approval_decision(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
     fields = read_input(req)
-    if not is_json_body(req):
-        check_csrf(req, fields, c.settings.public_base_url)
+    await _check_post(req, fields, principal, c)
     result = await decide(c, _route_id(req), principal, fields.get("token"), fields, now_utc())  # never from a URL
     if wants_json(req):
         return json_response(
@@ -213,8 +226,7 @@ async def approval_decision(req: func.HttpRequest, principal: Principal, c: Clie
 @endpoint
 async def revoke_exception(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
     fields = read_input(req) if req.get_body() else {}
-    if not is_json_body(req):
-        check_csrf(req, fields, c.settings.public_base_url)
+    await _check_post(req, fields, principal, c)
     record = await revoke(c, _route_id(req), principal, now_utc())
     if wants_json(req):
         return json_response({"id": record.id, "mailbox_address": record.mailbox_address, "status": "revoked"})
@@ -229,29 +241,35 @@ async def revoke_exception(req: func.HttpRequest, principal: Principal, c: Clien
 # -- health -------------------------------------------------------------------------------------------------
 
 
-async def health(req: func.HttpRequest) -> func.HttpResponse:
-    """Anonymous readiness: names a bad setting, says whether storage answers; no tenant data."""
-    checks: dict[str, str] = {}
-    try:
-        settings = load_workflow_settings()
-        checks["settings"] = "ok"
-    except SettingsError as err:
-        checks["settings"] = str(err)
-        return json_response({"status": "unhealthy", "checks": checks}, 503)
-    from shared.identity import build_credential
+HEALTH_CACHE_SECONDS: Final = 5.0
 
-    credential = build_credential()
+
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Anonymous readiness: names a bad setting, says whether storage answers; no tenant data.
+
+    Uses the worker's long-lived clients and keeps its answer for HEALTH_CACHE_SECONDS: probes are
+    anonymous, so a burst of them must not cost a credential and a storage read each.
+    """
     try:
-        async with Store.from_config(settings.base.storage, credential) as store:
-            await store.require_marker(settings.base.tenant_id)
-        checks["storage"] = "ok"
-    except NotInstalledError:
-        checks["storage"] = "not initialised: run `python -m shared.cli init`"
-    except WrongTenantError:
-        checks["storage"] = "the install marker names another tenant"
-    except StoreError:
-        checks["storage"] = "unreachable"
-    finally:
-        await credential.close()  # type: ignore[attr-defined]
-    healthy = all(v == "ok" for v in checks.values())
+        c = await clients()
+    except SettingsError as err:
+        return json_response({"status": "unhealthy", "checks": {"settings": str(err)}}, 503)
+    async with c.health_lock:  # concurrent probes wait for the one check in flight
+        if c.health is None or time.monotonic() - c.health[0] >= HEALTH_CACHE_SECONDS:
+            c.health = (time.monotonic(), await _storage_check(c))
+        storage = c.health[1]
+    checks = {"settings": "ok", "storage": storage}
+    healthy = storage == "ok"
     return json_response({"status": "ok" if healthy else "unhealthy", "checks": checks}, 200 if healthy else 503)
+
+
+async def _storage_check(c: Clients) -> str:
+    try:
+        await c.store.require_marker(c.settings.base.tenant_id)
+    except NotInstalledError:
+        return "not initialised: run `python -m shared.cli init`"
+    except WrongTenantError:
+        return "the install marker names another tenant"
+    except StoreError:
+        return "unreachable"
+    return "ok"

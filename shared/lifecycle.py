@@ -7,15 +7,14 @@ finds the row already there.
 
 from __future__ import annotations
 
-from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
 from shared.clients import Clients
-from shared.errors import GuardError, RefusedError
+from shared.errors import RefusedError
 from shared.reconcile import ExceptionRecord, ExceptionStatus
-from shared.workflow import granted_exception, now_utc
+from shared.workflow import granted_exception, now_utc, release_reservations
 from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus, RequestStatus
 
 RUN_INTERVAL: Final = timedelta(days=1)  # LIFECYCLE_SCHEDULE's default: once a day
@@ -67,8 +66,7 @@ async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleRep
                 )
             except RefusedError:
                 continue  # decided at this very moment
-            with suppress(GuardError):
-                await c.store.release_mailbox(request.mailbox_guid, request.id)
+            await release_reservations(c, request)
             report.requests_expired += 1
     report.repaired = await _repair_interrupted_approvals(c, records, now)
     return report

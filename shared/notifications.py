@@ -123,6 +123,8 @@ async def _deliver(c: Clients, item: OutboxItem, now: datetime) -> bool:
         return await _mail(c, recipients, kind.value, context)
     if request is None:
         return False
+    if kind is NotificationKind.MAILBOX_NOTICE:  # like an account-change notice: sent however it ends
+        return await _mail(c, [request.mailbox_address], kind.value, context)
     return await _mail(c, [request.requester_upn, request.owner], kind.value, context)
 
 

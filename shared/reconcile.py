@@ -40,6 +40,17 @@ class MailboxState:
     guid: str
     address: str
     smtp_auth_disabled: bool | None
+    user_id: str = ""  # the Entra object id of its user, when looked up on its own (not in listings)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """Anyone Exchange can deliver to, as Get-Recipient shows them."""
+
+    guid: str
+    address: str
+    object_id: str  # ExternalDirectoryObjectId: empty for recipients with no Entra object
+    type: str  # RecipientTypeDetails
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +67,7 @@ class ExceptionRecord:
     approved_by: str
     approved_at: datetime
     revoked_at: datetime | None = None
+    owner_id: str = ""  # the owner's Entra object id; empty on records written before it was kept
 
     def is_active(self, now: datetime) -> bool:
         return self.status is ExceptionStatus.APPROVED and self.expires_at > now

@@ -12,12 +12,14 @@ from typing import Final
 
 from shared.errors import InputError
 from shared.exchange import ExchangeClient
-from shared.reconcile import AuthMethod, ExceptionRecord, ExceptionStatus
+from shared.reconcile import AuthMethod, ExceptionRecord, ExceptionStatus, Recipient
 from shared.store import Store
 from shared.validation import choice, free_text, mailbox_address, whole_number
 
 MAX_REASON: Final = 1000
 MAX_DEVICE: Final = 200
+# Recipients outside the tenant: an owner gets reminders and renewal links, so it must be one of ours.
+_EXTERNAL_TYPES: Final = frozenset({"mailcontact", "guestmailuser"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,16 @@ def validate_grant(
     )
 
 
+async def resolve_owner(exchange: ExchangeClient, address: str) -> Recipient:
+    """The owner as Exchange knows them; InputError("owner") for an unknown or external address."""
+    recipient = await exchange.find_recipient(address)
+    if recipient is None:
+        raise InputError("owner", f"Exchange has no recipient {address}")
+    if not recipient.object_id or recipient.type.lower() in _EXTERNAL_TYPES:
+        raise InputError("owner", f"{address} is not a user of this tenant")
+    return recipient
+
+
 async def grant_exception(
     store: Store,
     exchange: ExchangeClient,
@@ -65,6 +77,7 @@ async def grant_exception(
     mailbox = await exchange.find_mailbox(grant.mailbox)
     if mailbox is None:
         raise InputError("mailbox", f"Exchange has no mailbox {grant.mailbox}")
+    owner = await resolve_owner(exchange, grant.owner) if grant.owner else None
     record = ExceptionRecord(
         id=str(uuid.uuid4()),
         mailbox_guid=mailbox.guid,
@@ -72,7 +85,8 @@ async def grant_exception(
         status=ExceptionStatus.APPROVED,
         expires_at=now + timedelta(days=grant.days),
         reason=grant.reason,
-        owner=grant.owner,
+        owner=owner.address or grant.owner if owner else "",
+        owner_id=owner.object_id if owner else "",
         device=grant.device,
         auth_method=grant.auth_method,
         approved_by=approved_by,

@@ -40,6 +40,8 @@ DEFAULT_SCHEDULES: Final[Mapping[str, str]] = {
 STORAGE_SETTING: Final = "AzureWebJobsStorage"
 DEFAULT_REQUEST_PENDING_DAYS: Final = 14
 DEFAULT_REQUEST_RATE_LIMIT_PER_DAY: Final = 10
+# One person cannot hold more mailboxes than this in pending requests (each blocks others for days).
+DEFAULT_REQUEST_PENDING_PER_REQUESTER: Final = 3
 # Set by App Service when Authentication (Easy Auth) is on; only then are principal headers trusted.
 EASY_AUTH_SETTING: Final = "WEBSITE_AUTH_ENABLED"
 
@@ -195,6 +197,7 @@ class WorkflowSettings:
     teams_workflow_url: str | None
     request_pending_days: int
     request_rate_limit_per_day: int
+    request_pending_per_requester: int = DEFAULT_REQUEST_PENDING_PER_REQUESTER
 
 
 def _public_base_url(env: Mapping[str, str]) -> str:
@@ -250,6 +253,9 @@ def load_workflow_settings(env: Mapping[str, str] | None = None) -> WorkflowSett
         teams_workflow_url=teams,
         request_pending_days=_int(env, "REQUEST_PENDING_DAYS", DEFAULT_REQUEST_PENDING_DAYS, 1, 90),
         request_rate_limit_per_day=_int(env, "REQUEST_RATE_LIMIT_PER_DAY", DEFAULT_REQUEST_RATE_LIMIT_PER_DAY, 1, 1000),
+        request_pending_per_requester=_int(
+            env, "REQUEST_PENDING_PER_REQUESTER", DEFAULT_REQUEST_PENDING_PER_REQUESTER, 1, 100
+        ),
     )
 
 

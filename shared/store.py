@@ -8,8 +8,10 @@ refused rather than read as "no exceptions".
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, fields, replace
@@ -25,7 +27,15 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
-from shared.errors import DailyLimitError, InputError, NotInstalledError, RefusedError, StoreError, WrongTenantError
+from shared.errors import (
+    DailyLimitError,
+    InputError,
+    NotInstalledError,
+    PendingLimitError,
+    RefusedError,
+    StoreError,
+    WrongTenantError,
+)
 from shared.reconcile import AuthMethod, Change, ExceptionRecord, ExceptionStatus
 from shared.records import AuditEntry, PlanStatus, RunSummary, StoredPlan, tri_state
 from shared.settings import StorageConfig
@@ -49,6 +59,8 @@ APPROVAL_NOTICE_PREFIX: Final = f"outbox-{NotificationKind.APPROVAL_REQUEST.valu
 # A submission whose request row has not appeared after this has failed: its reservation is freed and
 # its notices are dropped (until then they wait for it).
 CLAIM_GRACE: Final = timedelta(minutes=5)
+# In a requester's partition: one row per pending request of theirs, in slots 00 up to the cap.
+PENDING_SLOT_PREFIX: Final = "pending-request-"
 MAX_REMEMBERED_REQUESTERS: Final = 10_000  # per worker: where each requester's next free daily slot likely is
 SCHEMA_VERSION: Final = 1
 TRANSACTION_LIMIT: Final = 100  # entities per table transaction
@@ -92,6 +104,7 @@ class Store:
         self._service = service
         self._tables: dict[str, TableClient] = {}  # building a client builds its whole pipeline
         self._next_slots: dict[str, tuple[str, int]] = {}  # requester -> (UTC day, first slot to try)
+        self._csrf_secret: bytes | None = None
 
     @classmethod
     def from_config(cls, config: StorageConfig, credential: AsyncTokenCredential) -> Store:
@@ -157,6 +170,23 @@ class Store:
             except ResourceExistsError:  # another init won the race; check it is ours
                 return await self.require_marker(tenant_id), False
         return marker, True
+
+    async def csrf_secret(self) -> bytes:
+        """The key that signs CSRF tokens: made once per install by an insert-only write, so every
+        worker agrees on it and an existing install needs no new step. Never logged."""
+        if self._csrf_secret is None:
+            table = self._table(STATE_TABLE)
+            async with _storage_errors("read the CSRF key"):
+                try:
+                    entity = await table.get_entity("install", "csrf-secret")
+                except ResourceNotFoundError:
+                    entity = {"PartitionKey": "install", "RowKey": "csrf-secret", "Key": secrets.token_urlsafe(32)}
+                    try:
+                        await table.create_entity(entity, **_NO_ECHO)
+                    except ResourceExistsError:  # another worker made it first: use theirs
+                        entity = await table.get_entity("install", "csrf-secret")
+            self._csrf_secret = base64.urlsafe_b64decode(entity["Key"] + "==")
+        return self._csrf_secret
 
     async def require_marker(self, tenant_id: str) -> InstallMarker:
         """The install marker, or NotInstalledError / WrongTenantError. Called before any sweep."""
@@ -486,10 +516,7 @@ class Store:
         table = self._table(WORKFLOW_TABLE)
         entity = {"PartitionKey": PENDING_PARTITION, "RowKey": mailbox_guid, "RequestId": request_id, "ClaimedAt": now}
         async with _storage_errors("reserve the mailbox"):
-            for _ in range(3):
-                with suppress(_ReservationVanished):  # the holder gave the row back while we looked
-                    return await _claim(table, entity, now, self.get_request)
-        raise StoreError("could not reserve the mailbox: its reservation kept changing; try again")
+            return await self._claim_row(table, entity, now)
 
     async def release_mailbox(self, mailbox_guid: str, request_id: str) -> None:
         """End a request's reservation of its mailbox (only its own). Losing this is harmless: see claim."""
@@ -507,6 +534,52 @@ class Store:
                         etag=current.metadata["etag"],
                         match_condition=MatchConditions.IfNotModified,
                     )
+
+    async def claim_pending_slot(self, requester_id: str, request_id: str, now: datetime, limit: int) -> None:
+        """Take one of the requester's `limit` pending-request slots, or raise PendingLimitError.
+
+        The same insert-only reservation as a mailbox's (see claim_mailbox): a slot whose request was
+        decided or lapsed, or never stored, is taken over; so is one whose release was lost.
+        """
+        table = self._table(WORKFLOW_TABLE)
+        async with _storage_errors("reserve a pending-request slot"):
+            for slot in range(limit):
+                entity = {
+                    "PartitionKey": _requester_partition(requester_id),
+                    "RowKey": f"{PENDING_SLOT_PREFIX}{slot:02d}",
+                    "RequestId": request_id,
+                    "ClaimedAt": now,
+                }
+                if await self._claim_row(table, entity, now) is None:
+                    return
+        raise PendingLimitError(f"you already have {limit} pending requests: wait for a decision on one of them")
+
+    async def release_pending_slot(self, requester_id: str, request_id: str) -> None:
+        """Give back the requester's slot held by this request. Losing this is harmless: see the claim."""
+        table = self._table(WORKFLOW_TABLE)
+        async with _storage_errors("release the pending-request slot"):
+            async for row in table.query_entities(
+                "PartitionKey eq @pk and RowKey gt @start and RowKey lt @end",
+                parameters={
+                    "pk": _requester_partition(requester_id),
+                    "start": PENDING_SLOT_PREFIX,
+                    "end": f"{PENDING_SLOT_PREFIX[:-1]}.",
+                },
+            ):
+                if row.get("RequestId") == request_id:
+                    with suppress(ResourceNotFoundError, ResourceModifiedError):
+                        await table.delete_entity(
+                            row["PartitionKey"],
+                            row["RowKey"],
+                            etag=row.metadata["etag"],
+                            match_condition=MatchConditions.IfNotModified,
+                        )
+
+    async def _claim_row(self, table: TableClient, entity: dict[str, Any], now: datetime) -> str | None:
+        for _ in range(3):
+            with suppress(_ReservationVanished):  # the holder gave the row back while we looked
+                return await _claim(table, entity, now, self.get_request)
+        raise StoreError("could not reserve: the reservation kept changing; try again")
 
     async def enqueue(self, item: OutboxItem) -> bool:
         """Enqueue a notification once; False when it was enqueued before (reminders go out once)."""
@@ -689,13 +762,16 @@ async def _claim(
     now: datetime,
     get_request: Callable[[str], Awaitable[tuple[ExceptionRequest, str] | None]],
 ) -> str | None:
-    """One attempt of Store.claim_mailbox; _ReservationVanished when the row went away meanwhile."""
+    """One attempt of a reservation (a mailbox's, or a requester's slot).
+
+    _ReservationVanished when the row went away meanwhile.
+    """
     try:
         await table.create_entity(entity, **_NO_ECHO)
         return None
     except ResourceExistsError:
         try:
-            current = await table.get_entity(PENDING_PARTITION, entity["RowKey"])
+            current = await table.get_entity(entity["PartitionKey"], entity["RowKey"])
         except ResourceNotFoundError:
             raise _ReservationVanished from None
     holder = str(current.get("RequestId", ""))
@@ -710,7 +786,7 @@ async def _claim(
     except ResourceNotFoundError:
         raise _ReservationVanished from None
     except ResourceModifiedError:
-        return str((await table.get_entity(PENDING_PARTITION, entity["RowKey"])).get("RequestId", ""))
+        return str((await table.get_entity(entity["PartitionKey"], entity["RowKey"])).get("RequestId", ""))
     return None
 
 
@@ -759,6 +835,7 @@ def _exception_to_entity(record: ExceptionRecord) -> dict[str, Any]:
         "ExpiresAt": record.expires_at,
         "Reason": record.reason,
         "Owner": record.owner,
+        "OwnerId": record.owner_id,
         "Device": record.device,
         "AuthMethod": record.auth_method.value,
         "ApprovedBy": record.approved_by,
@@ -775,6 +852,7 @@ def _exception_from_entity(entity: dict[str, Any]) -> ExceptionRecord:
         expires_at=entity["ExpiresAt"],
         reason=entity.get("Reason", ""),
         owner=entity.get("Owner", ""),
+        owner_id=entity.get("OwnerId", ""),
         device=entity.get("Device", ""),
         auth_method=AuthMethod(entity.get("AuthMethod", AuthMethod.OAUTH.value)),
         approved_by=entity.get("ApprovedBy", ""),

@@ -22,11 +22,20 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
 from shared.clients import Clients
-from shared.errors import DailyLimitError, GuardError, InputError, RefusedError
+from shared.errors import DailyLimitError, GuardError, InputError, PendingLimitError, RefusedError
 from shared.graph import Evidence, sign_in_window
 from shared.principal import Principal
-from shared.reconcile import AuthMethod, Change, ChangeReason, ExceptionRecord, ExceptionStatus, MailboxState
+from shared.reconcile import (
+    AuthMethod,
+    Change,
+    ChangeReason,
+    ExceptionRecord,
+    ExceptionStatus,
+    MailboxState,
+    Recipient,
+)
 from shared.records import Actor, AuditEntry
+from shared.registry import resolve_owner
 from shared.validation import choice, free_text, mailbox_address, whole_number
 from shared.web import HttpError
 from shared.workflow_records import (
@@ -120,7 +129,12 @@ def validate_request(
         auth_method=auth,
         alternatives_reason=check("alternatives_reason", choice, fields.get("alternatives_reason"), AlternativesReason),
         alternatives_detail=check(
-            "alternatives_detail", free_text, fields.get("alternatives_detail"), max_length=MAX_DETAIL, required=True
+            "alternatives_detail",
+            free_text,
+            fields.get("alternatives_detail"),
+            max_length=MAX_DETAIL,
+            required=True,
+            multiline=True,
         ),
         days=check("days", whole_number, fields.get("days"), 1, max(limit, 1)),
         owner=check("owner", mailbox_address, fields.get("owner")),
@@ -166,8 +180,11 @@ def _notification(
 
 
 async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
+    """Store a pending request and its notices. Refusals raise HttpError; nothing is left reserved."""
     settings = c.settings
-    mailbox = await c.exchange.find_mailbox(draft.mailbox)
+    mailbox, owner = await asyncio.gather(
+        c.exchange.find_mailbox(draft.mailbox), _resolved_owner(c, draft.owner, principal)
+    )
     if mailbox is None:
         raise HttpError(422, "that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
     if draft.renews:
@@ -175,9 +192,7 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         if previous is None or previous.mailbox_guid != mailbox.guid:
             raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
     request_id = str(uuid.uuid4())
-    holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
-    if holder is not None:
-        raise HttpError(409, f"a request for {mailbox.address} is already pending", {"request_id": holder})
+    await _reserve(c, principal, mailbox, request_id, now)
     request = ExceptionRequest(
         id=request_id,
         mailbox_guid=mailbox.guid,
@@ -189,7 +204,7 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         alternatives_reason=draft.alternatives_reason,
         alternatives_detail=draft.alternatives_detail,
         days=draft.days,
-        owner=draft.owner,
+        owner=owner.address if owner else "",
         contact=draft.contact,
         ticket=draft.ticket,
         requester_id=principal.object_id,
@@ -198,22 +213,67 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         created_at=now,
         expires_at=now + timedelta(days=settings.request_pending_days),
         renews_exception_id=draft.renews,
+        owner_id=owner.object_id if owner else "",
+        mailbox_user_id=mailbox.user_id,
     )
-    # Filed under the requester: the approval notice takes one of the requester's daily slots.
-    notify = [_notification(request.id, NotificationKind.APPROVAL_REQUEST, now, requester_id=request.requester_id)]
-    if settings.teams_workflow_url:
-        notify.append(_notification(request.id, NotificationKind.TEAMS_CARD, now))
     try:
-        await c.store.create_request(request, notify, settings.request_rate_limit_per_day)
+        await c.store.create_request(request, _submission_notices(c, request, now), settings.request_rate_limit_per_day)
     except GuardError as err:
-        with suppress(GuardError):
-            await c.store.release_mailbox(mailbox.guid, request_id)
+        await release_reservations(c, request)
         if isinstance(err, DailyLimitError):
             midnight = datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time.min, UTC)
             wait = math.ceil((midnight - now).total_seconds())
             raise HttpError(429, f"{err}: try again after midnight UTC", retry_after=wait) from None
         raise
     return request
+
+
+async def _resolved_owner(c: Clients, address: str, principal: Principal) -> Recipient | None:
+    """The owner as Exchange knows them; the signed-in user needs no lookup when they name themselves."""
+    if not address:
+        return None
+    if principal.upn and address == principal.upn:  # the platform vouches for this address and object id
+        return Recipient(guid="", address=address, object_id=principal.object_id, type="")
+    try:
+        return await resolve_owner(c.exchange, address)
+    except InputError as err:
+        raise HttpError(422, "the owner is not a user of this tenant", {"owner": err.problem}) from None
+
+
+async def _reserve(c: Clients, principal: Principal, mailbox: MailboxState, request_id: str, now: datetime) -> None:
+    """One of the requester's pending slots first (so a squatter at the cap cannot even probe), then the mailbox."""
+    try:
+        await c.store.claim_pending_slot(principal.object_id, request_id, now, c.settings.request_pending_per_requester)
+    except PendingLimitError as err:
+        raise HttpError(429, str(err), {"form": str(err)}) from None
+    holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
+    if holder is None:
+        return
+    with suppress(GuardError):
+        await c.store.release_pending_slot(principal.object_id, request_id)
+    errors = {"mailbox": "already has a pending request"}
+    held = await c.store.get_request(holder)
+    if held is not None and await can_view(c, held[0], principal):  # its id only for those who may see it
+        errors["request_id"] = holder
+    raise HttpError(409, f"a request for {mailbox.address} is already pending", errors)
+
+
+async def release_reservations(c: Clients, request: ExceptionRequest) -> None:
+    """Give back what a request holds. A lost release is taken over by the next claim."""
+    with suppress(GuardError):
+        await c.store.release_mailbox(request.mailbox_guid, request.id)
+    with suppress(GuardError):
+        await c.store.release_pending_slot(request.requester_id, request.id)
+
+
+def _submission_notices(c: Clients, request: ExceptionRequest, now: datetime) -> list[OutboxItem]:
+    # Filed under the requester: the approval notice takes one of the requester's daily slots.
+    notify = [_notification(request.id, NotificationKind.APPROVAL_REQUEST, now, requester_id=request.requester_id)]
+    if c.settings.teams_workflow_url:
+        notify.append(_notification(request.id, NotificationKind.TEAMS_CARD, now))
+    if request.mailbox_user_id and request.mailbox_user_id != request.requester_id:
+        notify.append(_notification(request.id, NotificationKind.MAILBOX_NOTICE, now))  # someone else's mailbox
+    return notify
 
 
 # -- who may do what -----------------------------------------------------------------------------------
@@ -226,10 +286,46 @@ async def is_approver(c: Clients, principal: Principal) -> bool:
     return bool(group) and await c.graph.is_member(principal.object_id, group)  # type: ignore[arg-type]
 
 
+def is_owner(request: ExceptionRequest, principal: Principal) -> bool:
+    """By object id; only requests stored before owner ids were kept fall back to the address."""
+    if request.owner_id:
+        return principal.object_id == request.owner_id
+    return bool(principal.upn) and principal.upn == request.owner
+
+
+def own_stake(request: ExceptionRequest, principal: Principal) -> str:
+    """Why this person may not decide the request ("" when they may): theirs, their mailbox, or theirs to own."""
+    if principal.object_id == request.requester_id:
+        return "you cannot approve your own request"
+    if request.mailbox_user_id:
+        own_mailbox = principal.object_id == request.mailbox_user_id
+    else:  # stored before the mailbox's user id was kept
+        own_mailbox = bool(principal.upn) and principal.upn == request.mailbox_address
+    if own_mailbox:
+        return "you cannot approve a request for your own mailbox"
+    if is_owner(request, principal):
+        return "you cannot approve a request for a mailbox you own"
+    return ""
+
+
 async def can_view(c: Clients, request: ExceptionRequest, principal: Principal) -> bool:
-    if principal.object_id == request.requester_id or (principal.upn and principal.upn == request.owner):
+    if principal.object_id == request.requester_id or is_owner(request, principal):
         return True
     return await is_approver(c, principal)
+
+
+async def viewable_request(c: Clients, request_id: str, principal: Principal) -> ExceptionRequest:
+    """The request, if this person may see it. Who asks is checked first: anyone who may not see a
+    request gets the same 403 whether it exists or not."""
+    loaded = await c.store.get_request(request_id)
+    request = loaded[0] if loaded else None
+    if request is not None and (principal.object_id == request.requester_id or is_owner(request, principal)):
+        return request
+    if not await is_approver(c, principal):
+        raise HttpError(403, "only the requester, the owner and approvers may see this request")
+    if request is None:
+        raise HttpError(404, "no such request")
+    return request
 
 
 def link_token_valid(request: ExceptionRequest, token: str | None, now: datetime) -> bool:
@@ -264,7 +360,9 @@ def validate_decision(fields: Mapping[str, str], grantable: int) -> Decision:
         errors["decision"] = "Basic authentication is retired for SMTP AUTH: this request can only be denied"
     comment = ""
     try:
-        comment = free_text("comment", fields.get("comment"), max_length=MAX_COMMENT, required=decision == "deny")
+        comment = free_text(
+            "comment", fields.get("comment"), max_length=MAX_COMMENT, required=decision == "deny", multiline=True
+        )
     except InputError as err:
         errors["comment"] = "is required to deny" if err.problem == "is required" else err.problem
     days = grantable
@@ -294,14 +392,15 @@ async def decide(
     now: datetime,
 ) -> DecisionResult:
     """Approve or deny once. Raises HttpError for every refusal; changes nothing when refused."""
+    if not await is_approver(c, principal):  # before the lookup: a non-approver learns nothing of ids
+        raise HttpError(403, "only approvers may decide requests")
     loaded = await c.store.get_request(request_id)
     if loaded is None:
         raise HttpError(404, "no such request")
     request, etag = loaded
-    if not await is_approver(c, principal):
-        raise HttpError(403, "only approvers may decide requests")
-    if principal.object_id == request.requester_id:
-        raise HttpError(403, "you cannot approve your own request")
+    stake = own_stake(request, principal)
+    if stake:
+        raise HttpError(403, stake)
     if request.status is not RequestStatus.PENDING:
         raise HttpError(409, f"this request was already {request.status.value}", {"status": request.status.value})
     if not link_token_valid(request, token, now):
@@ -324,8 +423,7 @@ async def decide(
         current = await c.store.get_request(request_id)
         status = current[0].status.value if current else "changed"
         raise HttpError(409, f"another approver decided first: the request is {status}", {"status": status}) from None
-    with suppress(GuardError):  # a lost release is taken over by the next request for this mailbox
-        await c.store.release_mailbox(request.mailbox_guid, request.id)
+    await release_reservations(c, request)
     if not decision.approve:
         return DecisionResult(decided, applied=False)
     return await _grant(c, decided, principal, now)
@@ -342,6 +440,7 @@ def exception_from_request(request: ExceptionRequest, device: str | None = None)
         expires_at=request.exception_expires_at,
         reason=f"{request.alternatives_reason.value}: {request.alternatives_detail}",
         owner=request.owner,
+        owner_id=request.owner_id,
         device=device or request.vendor,
         auth_method=request.auth_method,
         approved_by=request.decided_by,

@@ -40,6 +40,7 @@ class NotificationKind(StrEnum):
     EXPIRED = "expired"
     REQUEST_EXPIRED = "request-expired"
     TEAMS_CARD = "teams-card"
+    MAILBOX_NOTICE = "mailbox-notice"  # to a mailbox's user, when someone else asks for SMTP AUTH on it
 
 
 class OutboxStatus(StrEnum):
@@ -76,6 +77,8 @@ class ExceptionRequest:
     approved_days: int = 0
     exception_expires_at: datetime | None = None
     apply_error: str = ""
+    owner_id: str = ""  # the owner's Entra object id; empty on requests stored before it was kept
+    mailbox_user_id: str = ""  # the Entra object id of the mailbox's own user
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import AsyncIterator, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from azure.data.tables.aio import TableServiceClient  # noqa: E402
@@ -32,7 +33,7 @@ from devservices.azurite import Azurite, AzuriteError, free_port  # noqa: E402
 from devservices.localhost import LocalHost  # noqa: E402
 from emulator.server import EmulatorServer  # noqa: E402
 from emulator.tenant import Tenant  # noqa: E402
-from tests.workflow_support import Site, add_people, run_async  # noqa: E402
+from tests.workflow_support import PUBLIC_BASE_URL, People, Site, add_people, run_async  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -138,6 +139,23 @@ async def store(app_env: dict[str, str]) -> AsyncIterator[object]:
     async with Store.from_config(settings.storage, credential) as s:
         yield s
     await credential.close()
+
+
+@pytest.fixture
+async def people(
+    app_env: dict[str, str], emulator: EmulatorServer, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[People]:
+    """The workflow's people in the emulated tenant, with the platform's settings (Easy Auth on)."""
+    from shared.clients import close_all
+
+    found = add_people(emulator.tenant)
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+    monkeypatch.setenv("PUBLIC_BASE_URL", PUBLIC_BASE_URL)
+    monkeypatch.setenv("NOTIFY_FROM", found.notify.primary_smtp_address)
+    monkeypatch.setenv("APPROVER_GROUP_ID", found.group_id)
+    await store.initialise(emulator.tenant.tenant_id, "test")
+    yield found
+    await close_all()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ mail outbox. Screenshots are saved in .artifacts/screenshots/.
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,93 @@ def test_request_and_approve_in_two_browsers(site: Site, browser: Any, emulator:
     assert "approved" in page.content()
     requester.close()
     approver.close()
+
+
+class _Attacker(ThreadingHTTPServer):
+    """A page on a sibling origin (same host, another port: same-site, not same-origin), as in the review."""
+
+    target = ""
+    planted = "P" * 43
+
+
+class _AttackPage(BaseHTTPRequestHandler):
+    server: _Attacker
+
+    def do_GET(self) -> None:  # plants a CSRF cookie for the host (cookies ignore ports) and posts at once
+        page = (
+            '<form id="f" method="post" action="/hop">'
+            f'<input name="csrf_token" value="{self.server.planted}"></form>'
+            '<script>document.getElementById("f").submit()</script>'
+        ).encode()
+        self.send_response(200)
+        self.send_header("Set-Cookie", f"smtpguard_csrf={self.server.planted}; Path=/api")
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def do_POST(self) -> None:  # a 307 keeps the method and the body; Chromium then sends Origin: null
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(307)
+        self.send_header("Location", self.server.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_planted_cookie_posted_through_a_redirect_does_not_revoke(
+    site: Site, browser: Any, emulator: EmulatorServer
+) -> None:
+    from devservices.azurite import free_port
+    from shared.reconcile import ExceptionStatus
+    from tests.workflow_support import grant_as_admin
+
+    base, people = site.base, site.people
+    printer = emulator.tenant.find(people.printer.guid)
+
+    async def grant() -> Any:
+        from shared.identity import build_credential
+        from shared.settings import load_settings
+        from shared.store import Store
+
+        credential = build_credential()
+        async with Store.from_config(load_settings().storage, credential) as store:
+            record = await grant_as_admin(store, people.printer.primary_smtp_address)
+        await credential.close()
+        return record
+
+    async def status_of(exception_id: str) -> Any:
+        from shared.identity import build_credential
+        from shared.settings import load_settings
+        from shared.store import Store
+
+        credential = build_credential()
+        async with Store.from_config(load_settings().storage, credential) as store:
+            found = await store.get_exception(exception_id)
+        await credential.close()
+        return found.status
+
+    record = run_async(grant())
+    printer.smtp_client_authentication_disabled = False  # the approved device sends
+    attacker = _Attacker(("127.0.0.1", free_port()), _AttackPage)
+    attacker.target = f"{base}/api/exceptions/{record.id}/revoke"
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{base}/api/exceptions/new")
+        sign_in(page, people.approver.external_directory_object_id)  # the victim: a signed-in approver
+        page.wait_for_url(f"{base}/api/exceptions/new")
+        with page.expect_response(attacker.target) as answer:
+            page.goto(f"http://localhost:{attacker.server_port}/")
+        assert answer.value.status == 403
+        planted = [c for c in context.cookies() if c["name"] == "smtpguard_csrf"]
+        assert any(c["value"] == attacker.planted for c in planted)  # the plant itself worked
+        shot(page, "06-csrf-refused")
+    finally:
+        context.close()
+        attacker.shutdown()
+    assert run_async(status_of(record.id)) is ExceptionStatus.APPROVED
+    assert printer.smtp_client_authentication_disabled is False

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import html
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,9 +29,7 @@ from shared.workflow_records import (
     SenderKind,
 )
 from tests.workflow_support import (
-    PUBLIC_BASE_URL,
     People,
-    add_people,
     approval_link,
     call,
     csrf_from,
@@ -41,22 +38,6 @@ from tests.workflow_support import (
 )
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-
-
-@pytest.fixture
-async def people(
-    app_env: dict[str, str], emulator: EmulatorServer, store: Store, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[People]:
-    from shared.clients import close_all
-
-    found = add_people(emulator.tenant)
-    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
-    monkeypatch.setenv("PUBLIC_BASE_URL", PUBLIC_BASE_URL)
-    monkeypatch.setenv("NOTIFY_FROM", found.notify.primary_smtp_address)
-    monkeypatch.setenv("APPROVER_GROUP_ID", found.group_id)
-    await store.initialise(emulator.tenant.tenant_id, "test")
-    yield found
-    await close_all()
 
 
 async def send_outbox(now: datetime | None = None) -> Any:
@@ -264,7 +245,7 @@ async def test_only_group_approvers_decide_and_never_their_own_request(
     )
     own_id = own.headers["Location"].rsplit("/", 1)[1]
     own_page, own_link = await open_approval(people, emulator, own_id)
-    assert "cannot approve it" in own_page.text
+    assert "You cannot approve your own request" in own_page.text
     refused = await post_decision(people, own_id, page, own_link)  # the approver tries their own request
     assert refused.status == 403
     assert (await store.get_request(own_id))[0].status is RequestStatus.PENDING
@@ -569,7 +550,7 @@ async def test_notifications_survive_graph_being_down(people: People, emulator: 
     emulator.faults.reset()
     assert (await send_outbox()).sent == 0  # not due yet: it backs off
     report = await send_outbox(datetime.now(UTC) + timedelta(minutes=5))
-    assert report.sent == 1
+    assert report.sent == 2  # the approvers' mail and the notice to the printer's mailbox
     assert approval_link(emulator.tenant, request_id)
 
 
@@ -600,7 +581,7 @@ async def test_teams_card_goes_out_when_configured(
     monkeypatch.setenv("TEAMS_WORKFLOW_URL", f"{emulator.base_url}/teams/workflows/smtp-guard")
     request_id = await submitted_request(people)
     report = await send_outbox()
-    assert report.sent == 2  # the approvers' mail and the card
+    assert report.sent == 3  # the approvers' mail, the notice to the printer's mailbox and the card
     post = emulator.tenant.teams_posts[-1]
     card = post["body"]["attachments"][0]["content"] if "body" in post else post["attachments"][0]["content"]
     assert card["type"] == "AdaptiveCard"
@@ -921,9 +902,10 @@ async def test_graph_unreachable_fails_softly(
     # Nothing listens there, and Entra issues no token for it: azure-identity raises, not Graph.
     monkeypatch.setenv("GRAPH_ENDPOINT", f"https://127.0.0.1:{free_port()}")
     report = await send_outbox()
-    assert (report.sent, report.failed) == (0, 1)
-    (waiting,) = [item for item, _ in await store.due_notifications(datetime.now(UTC) + timedelta(hours=1))]
-    assert waiting.about == request_id and "ClientAuthenticationError" in waiting.last_error
+    assert (report.sent, report.failed) == (0, 2)  # the approvers' mail and the mailbox's notice
+    waiting = [item for item, _ in await store.due_notifications(datetime.now(UTC) + timedelta(hours=1))]
+    assert len(waiting) == 2
+    assert all(item.about == request_id and "ClientAuthenticationError" in item.last_error for item in waiting)
     page = await call(
         "approval_page", "GET", f"/api/approvals/{request_id}", user=people.approver, route_params={"id": request_id}
     )

@@ -123,6 +123,8 @@ async def call(
         data = body.encode()
     elif isinstance(body, bytes):
         data = body
+    if form is not None and not {"origin", "referer", "sec-fetch-site"} & set(all_headers):
+        all_headers["sec-fetch-site"] = "same-origin"  # what a browser sends on a form post of our own page
     if user is not None:
         all_headers["x-ms-client-principal"] = principal_header(user)
     if cookie:
