@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -264,7 +265,7 @@ class ExchangeClient:
         return Recipient(
             guid=str(item.get("Guid") or ""),
             address=str(item.get("PrimarySmtpAddress") or "").lower(),
-            object_id=str(item.get("ExternalDirectoryObjectId") or ""),
+            object_id=object_id(item.get("ExternalDirectoryObjectId")),
             type=str(item.get("RecipientTypeDetails") or ""),
         )
 
@@ -364,8 +365,16 @@ def _mailbox_state(item: Mapping[str, Any]) -> MailboxState:
         guid=str(guid),
         address=str(item.get("PrimarySmtpAddress", "")),
         smtp_auth_disabled=value,
-        user_id=str(item.get("ExternalDirectoryObjectId") or ""),
+        user_id=object_id(item.get("ExternalDirectoryObjectId")),
     )
+
+
+def object_id(value: Any) -> str:
+    """An Entra object id in the one form principals use (lower-case, hyphenated), or "" when it is none."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return ""
 
 
 def _json_or_none(response: AsyncHttpResponse) -> Any:

@@ -18,8 +18,9 @@ from shared.validation import choice, free_text, mailbox_address, whole_number
 
 MAX_REASON: Final = 1000
 MAX_DEVICE: Final = 200
-# Recipients outside the tenant: an owner gets reminders and renewal links, so it must be one of ours.
-_EXTERNAL_TYPES: Final = frozenset({"mailcontact", "guestmailuser"})
+# An owner gets reminders and renewal links, so it must be a person of this tenant: no contact, guest,
+# group or resource mailbox.
+_PERSON_TYPES: Final = frozenset({"usermailbox", "mailuser", "remoteusermailbox"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ async def resolve_owner(exchange: ExchangeClient, address: str) -> Recipient:
     recipient = await exchange.find_recipient(address)
     if recipient is None:
         raise InputError("owner", f"Exchange has no recipient {address}")
-    if not recipient.object_id or recipient.type.lower() in _EXTERNAL_TYPES:
+    if not recipient.object_id or recipient.type.lower() not in _PERSON_TYPES:
         raise InputError("owner", f"{address} is not a user of this tenant")
     return recipient
 
@@ -85,7 +86,7 @@ async def grant_exception(
         status=ExceptionStatus.APPROVED,
         expires_at=now + timedelta(days=grant.days),
         reason=grant.reason,
-        owner=owner.address or grant.owner if owner else "",
+        owner=(owner.address or grant.owner) if owner else "",
         owner_id=owner.object_id if owner else "",
         device=grant.device,
         auth_method=grant.auth_method,

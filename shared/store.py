@@ -105,6 +105,7 @@ class Store:
         self._tables: dict[str, TableClient] = {}  # building a client builds its whole pipeline
         self._next_slots: dict[str, tuple[str, int]] = {}  # requester -> (UTC day, first slot to try)
         self._csrf_secret: bytes | None = None
+        self._pending_hints: dict[str, int] = {}  # requester -> the pending slot to try first
 
     @classmethod
     def from_config(cls, config: StorageConfig, credential: AsyncTokenCredential) -> Store:
@@ -454,9 +455,13 @@ class Store:
         raise DailyLimitError(f"at most {daily_limit} requests a day (UTC)")
 
     def _remember_slot(self, requester_id: str, day: str, slot: int) -> None:
-        if len(self._next_slots) >= MAX_REMEMBERED_REQUESTERS:
-            self._next_slots.clear()  # only a hint: forgetting costs a read, never a wrong answer
-        self._next_slots[requester_id] = (day, slot)
+        self._remember(self._next_slots, requester_id, (day, slot))
+
+    @staticmethod
+    def _remember(hints: dict[str, T], requester_id: str, hint: T) -> None:
+        if len(hints) >= MAX_REMEMBERED_REQUESTERS:
+            hints.clear()  # only a hint: forgetting costs a read, never a wrong answer
+        hints[requester_id] = hint
 
     async def _taken_slots(self, table: TableClient, requester_id: str, day: str) -> set[int]:
         prefix = _approval_notice_key(day, None)
@@ -542,8 +547,9 @@ class Store:
         decided or lapsed, or never stored, is taken over; so is one whose release was lost.
         """
         table = self._table(WORKFLOW_TABLE)
+        start = self._pending_hints.get(requester_id, 0) % limit
         async with _storage_errors("reserve a pending-request slot"):
-            for slot in range(limit):
+            for slot in [*range(start, limit), *range(start)]:  # where this worker last found one free first
                 entity = {
                     "PartitionKey": _requester_partition(requester_id),
                     "RowKey": f"{PENDING_SLOT_PREFIX}{slot:02d}",
@@ -551,6 +557,7 @@ class Store:
                     "ClaimedAt": now,
                 }
                 if await self._claim_row(table, entity, now) is None:
+                    self._remember(self._pending_hints, requester_id, slot + 1)
                     return
         raise PendingLimitError(f"you already have {limit} pending requests: wait for a decision on one of them")
 

@@ -258,15 +258,23 @@ def check_same_origin(req: func.HttpRequest, public_base_url: str) -> None:
 def check_csrf(
     req: func.HttpRequest, fields: Mapping[str, str], public_base_url: str, secret: bytes, object_id: str
 ) -> None:
-    """Form posts: same origin, and the form's token equals the cookie and belongs to this user."""
+    """Form posts: same origin, and both the form's token and the cookie's are this user's and unexpired.
+
+    Both, not equal: a tab opened after a cross-site navigation (a link in Outlook) gets a new cookie,
+    and the forms of tabs opened before must still post.
+    """
     check_same_origin(req, public_base_url)
     if req.headers.get("sec-fetch-site") is None and not (req.headers.get("origin") or req.headers.get("referer")):
         raise HttpError(403, "a form post must say where it comes from (Origin): reload the page and try again")
     cookie = csrf_cookie_value(req, public_base_url)
     sent = fields.get(CSRF_FIELD, "")
-    owner = _token_owner(secret, sent) if sent else None
-    if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()) or owner is None or owner[0] != object_id:
+    if not cookie or not sent or not all(_owned_by(secret, token, object_id) for token in (cookie, sent)):
         raise HttpError(403, "the form's CSRF token is missing or does not match: reload the page and try again")
+
+
+def _owned_by(secret: bytes, token: str, object_id: str) -> bool:
+    owner = _token_owner(secret, token)
+    return owner is not None and hmac.compare_digest(owner[0].encode(), object_id.encode())
 
 
 def _origin(url: str) -> str:

@@ -204,7 +204,7 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         alternatives_reason=draft.alternatives_reason,
         alternatives_detail=draft.alternatives_detail,
         days=draft.days,
-        owner=owner.address if owner else "",
+        owner=(owner.address or draft.owner) if owner else "",
         contact=draft.contact,
         ticket=draft.ticket,
         requester_id=principal.object_id,
@@ -246,15 +246,21 @@ async def _reserve(c: Clients, principal: Principal, mailbox: MailboxState, requ
         await c.store.claim_pending_slot(principal.object_id, request_id, now, c.settings.request_pending_per_requester)
     except PendingLimitError as err:
         raise HttpError(429, str(err), {"form": str(err)}) from None
-    holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
+    try:
+        holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
+    except BaseException:
+        with suppress(GuardError):
+            await c.store.release_pending_slot(principal.object_id, request_id)
+        raise
     if holder is None:
         return
     with suppress(GuardError):
         await c.store.release_pending_slot(principal.object_id, request_id)
     errors = {"mailbox": "already has a pending request"}
-    held = await c.store.get_request(holder)
-    if held is not None and await can_view(c, held[0], principal):  # its id only for those who may see it
-        errors["request_id"] = holder
+    with suppress(GuardError):  # its id only for those who may see it; when that cannot be told, nobody
+        held = await c.store.get_request(holder)
+        if held is not None and await can_view(c, held[0], principal):
+            errors["request_id"] = holder
     raise HttpError(409, f"a request for {mailbox.address} is already pending", errors)
 
 
@@ -623,7 +629,10 @@ async def gather_evidence(c: Clients, request: ExceptionRequest, now: datetime) 
     )
 
 
+_NOT_PUBLIC: Final = frozenset({"token_hash", "owner_id", "mailbox_user_id"})
+
+
 def public_request(request: ExceptionRequest) -> dict[str, Any]:
     """The request as the JSON API shows it: never the link token's hash."""
-    data = {name: getattr(request, name) for name in request.__dataclass_fields__ if name != "token_hash"}
+    data = {name: getattr(request, name) for name in request.__dataclass_fields__ if name not in _NOT_PUBLIC}
     return {k: (v.value if hasattr(v, "value") else v) for k, v in data.items()}

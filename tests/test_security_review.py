@@ -449,3 +449,27 @@ async def test_the_mailboxs_user_is_told_when_someone_else_asks(
     assert not any("your mailbox" in str(m.get("subject")) for m in to_requester)
     kinds = {item.kind for item, _ in await store.due_notifications(datetime.now(UTC) + timedelta(days=1))}
     assert NotificationKind.MAILBOX_NOTICE not in kinds  # sent, not left pending
+
+
+async def test_an_older_tabs_form_still_posts_after_a_new_cookie_was_set(people: People, store: Store) -> None:
+    first_tab = await call("exception_form", "GET", "/api/exceptions/new", user=people.requester)
+    first_token, _ = csrf_from(first_tab)
+    # A second tab opened from a link in a mail: the Strict cookie is not sent, so a new one is set.
+    second_tab = await call("exception_form", "GET", "/api/exceptions/new", user=people.requester)
+    _, second_cookie = csrf_from(second_tab)
+    assert second_cookie != f"smtpguard_csrf={first_token}"
+    fields = valid_request(people.printer.primary_smtp_address, people.requester.primary_smtp_address)
+    posted = await _form_post(people.requester, {**fields, "csrf_token": first_token}, second_cookie)
+    assert posted.status == 303, posted.text
+
+
+async def test_a_shared_mailbox_or_a_group_is_not_an_owner(people: People, store: Store) -> None:
+    response = await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=people.requester,
+        body=valid_request(people.printer.primary_smtp_address, people.notify.primary_smtp_address),
+    )
+    assert response.status == 422 and "not a user of this tenant" in response.json()["errors"]["owner"]
+    assert await _pending(store) == []
