@@ -22,7 +22,7 @@ from shared.exchange import ExchangeClient
 from shared.identity import actor_for, build_credential
 from shared.reconcile import AuthMethod, ExceptionRecord
 from shared.records import RunOutcome, RunSummary, tri_state
-from shared.registry import grant_exception, revoke_exception, validate_grant
+from shared.registry import active_mailboxes, grant_exception, revoke_and_switch_off, validate_grant
 from shared.settings import EnforcementMode, Settings, SettingsError, load_settings
 from shared.store import TABLES, Store
 from shared.sweep import SweepRequest, run_sweep
@@ -76,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--auth", default=AuthMethod.OAUTH.value, metavar="oauth|basic")
     listing = actions.add_parser("list", help="list exceptions")
     listing.add_argument("--json", action="store_true")
-    revoke = actions.add_parser("revoke", help="end a mailbox's exception now")
+    revoke = actions.add_parser(
+        "revoke",
+        help="end a mailbox's exception now and switch SMTP AUTH off at once (audited); if Exchange cannot "
+        "be reached the revocation stands, the exit is 1 and it says whether the next sweep will switch it off",
+    )
     revoke.add_argument("--mailbox", required=True, metavar="ADDRESS")
     return parser
 
@@ -263,14 +267,28 @@ def _record_json(record: ExceptionRecord, now: datetime) -> dict[str, Any]:
 async def _exceptions_revoke(
     args: argparse.Namespace, settings: Settings, credential: Any, stack: AsyncExitStack, out: TextIO, err: TextIO
 ) -> int:
+    """Revoke through the one revoke path, which switches SMTP AUTH off at once (the safe direction).
+
+    Exit 1 when Exchange could not be reached: the revocation stands, and the message says what next.
+    """
+    now = datetime.now(UTC)
     store = await _open_store(settings, credential, stack)
+    guids = await active_mailboxes(store, settings.tenant_id, args.mailbox, now)
+    exchange = await _open_exchange(settings, credential, stack)
     actor = await actor_for(credential, settings.exchange_scope)
-    revoked = await revoke_exception(store, settings.tenant_id, args.mailbox, str(actor), datetime.now(UTC))
-    out.write(
-        f"revoked {len(revoked)} exception(s) of {revoked[0].mailbox_address}; "
-        "the next enforce sweep switches SMTP AUTH off\n"
-    )
-    return Exit.OK
+    code = Exit.OK
+    for guid in sorted(guids):
+        done = await revoke_and_switch_off(store, exchange, guid, actor, now, settings.enforcement_mode)
+        if not done.revoked:
+            continue  # ended meanwhile
+        address = done.revoked[0].mailbox_address
+        if done.switched_off:
+            out.write(f"revoked {len(done.revoked)} exception(s) of {address}; SMTP AUTH is off for it now\n")
+            continue
+        out.write(f"revoked {len(done.revoked)} exception(s) of {address}\n")
+        err.write(f"failed: SMTP AUTH could not be switched off now ({done.problem}); {done.next_step}\n")
+        code = Exit.FAILED
+    return code
 
 
 if __name__ == "__main__":

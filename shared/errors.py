@@ -65,3 +65,8 @@ class MailboxNotFoundError(ExchangeCommandError):
 
 class IncompleteListingError(ExchangeError):
     """A mailbox listing did not finish, so the plan cannot be trusted."""
+
+
+def first_line(err: BaseException) -> str:
+    """An error's first line, for one-line messages (SDK errors carry whole response dumps)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

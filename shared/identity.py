@@ -14,7 +14,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity.aio import DefaultAzureCredential
 
-from shared.errors import GuardError
+from shared.errors import GuardError, first_line
 from shared.records import Actor
 
 
@@ -42,8 +42,7 @@ async def actor_for(credential: AsyncTokenCredential, scope: str) -> Actor:
     try:
         token = await credential.get_token(scope)
     except ClientAuthenticationError as err:
-        first = (str(err).strip().splitlines() or ["no detail"])[0]
-        raise IdentityError(f"could not get a token for {scope}: {first}") from None
+        raise IdentityError(f"could not get a token for {scope}: {first_line(err)}") from None
     try:
         claims: dict[str, Any] = jwt.decode(token.token, options={"verify_signature": False})
     except jwt.PyJWTError:

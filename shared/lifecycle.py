@@ -89,7 +89,7 @@ async def _repair_interrupted_approvals(c: Clients, records: list[ExceptionRecor
         if request.id in have or request.exception_expires_at is None or request.exception_expires_at <= now:
             continue
         try:
-            await c.store.add_exception(await granted_exception(c, request), created_by=request.decided_by)
+            await c.store.grant_exception(await granted_exception(c, request), created_by=request.decided_by)
         except RefusedError:
             continue  # written meanwhile (by the approval itself, or revoked since): leave it
         repaired += 1

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from shared.errors import InputError
+from shared.errors import GuardError, InputError, first_line
 from shared.exchange import ExchangeClient
-from shared.reconcile import AuthMethod, ExceptionRecord, ExceptionStatus, Recipient
+from shared.reconcile import AuthMethod, Change, ChangeReason, ExceptionRecord, ExceptionStatus, Recipient
+from shared.records import Actor, AuditEntry
+from shared.settings import EnforcementMode
 from shared.store import Store
 from shared.validation import choice, free_text, mailbox_address, whole_number
 
@@ -93,21 +95,78 @@ async def grant_exception(
         approved_by=approved_by,
         approved_at=now,
     )
-    superseded = await store.add_exception(record, created_by=approved_by)
+    superseded = await store.grant_exception(record, created_by=approved_by)
     return record, superseded
 
 
-async def revoke_exception(
-    store: Store, tenant_id: str, mailbox: str, revoked_by: str, now: datetime
-) -> list[ExceptionRecord]:
-    """End the mailbox's active exceptions now. Found by address in the registry, so a deleted
-    mailbox can still be revoked."""
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """What a revocation did: revoking always stands; switching SMTP AUTH off may have to wait."""
+
+    revoked: list[ExceptionRecord]
+    switched_off: bool
+    problem: str = ""  # why SMTP AUTH could not be switched off now
+    next_step: str = ""  # what happens next when it could not
+
+
+async def revoke_and_switch_off(
+    store: Store,
+    exchange: ExchangeClient,
+    mailbox_guid: str,
+    actor: Actor,
+    now: datetime,
+    mode: EnforcementMode,
+    only_id: str | None = None,
+) -> Revocation:
+    """The one revoke path, for the CLI and the web: end the exceptions (ETag-guarded), then switch
+    SMTP AUTH off at once, audited. Off is the safe direction, so it needs no sweep, report mode or cap.
+
+    When Exchange cannot be reached the revocation still stands, and `next_step` says, from the
+    settings, who will switch it off.
+    """
+    revoked = await store.revoke_exceptions(mailbox_guid, str(actor), now, only_id)
+    if not revoked:
+        return Revocation(revoked, switched_off=False)
+    record = revoked[0]
+    try:
+        await switch_smtp_auth(store, exchange, record, True, ChangeReason.EXPIRED, f"revoke-{record.id}", actor, now)
+    except GuardError as err:
+        return Revocation(revoked, switched_off=False, problem=first_line(err), next_step=after_failed_switch_off(mode))
+    return Revocation(revoked, switched_off=True)
+
+
+def after_failed_switch_off(mode: EnforcementMode) -> str:
+    if mode is EnforcementMode.ENFORCE:
+        return "the next enforce sweep switches it off"
+    return "sweeps are in report mode: switch it off by hand or enforce"
+
+
+async def switch_smtp_auth(
+    store: Store,
+    exchange: ExchangeClient,
+    record: ExceptionRecord,
+    disabled: bool,
+    reason: ChangeReason,
+    run_id: str,
+    actor: Actor,
+    now: datetime,
+) -> None:
+    """An explicit admin action on one mailbox, outside the sweeps (so in report mode too), audited."""
+    current = await exchange.find_mailbox(record.mailbox_guid)
+    before = current.smtp_auth_disabled if current else None
+    if before is disabled:
+        return
+    await exchange.set_smtp_auth_disabled(record.mailbox_guid, disabled)
+    change = Change(record.mailbox_guid, record.mailbox_address, before, disabled, reason)
+    await store.append_audit([AuditEntry(run_id, change, actor, now)])
+
+
+async def active_mailboxes(store: Store, tenant_id: str, mailbox: str, now: datetime) -> set[str]:
+    """The GUIDs of the mailboxes with this address that hold an active exception. Found in the
+    registry, not in Exchange, so a deleted mailbox can still be revoked."""
     address = mailbox_address("mailbox", mailbox)
     await store.require_marker(tenant_id)
     guids = {r.mailbox_guid for r in await store.list_exceptions() if r.mailbox_address == address and r.is_active(now)}
     if not guids:
         raise InputError("mailbox", f"{address} has no active exception")
-    revoked: list[ExceptionRecord] = []
-    for guid in guids:
-        revoked.extend(await store.revoke_exceptions(guid, revoked_by, now))
-    return revoked
+    return guids

@@ -35,6 +35,7 @@ from shared.errors import (
     RefusedError,
     StoreError,
     WrongTenantError,
+    first_line,
 )
 from shared.reconcile import AuthMethod, Change, ExceptionRecord, ExceptionStatus
 from shared.records import AuditEntry, PlanStatus, RunSummary, StoredPlan, tri_state
@@ -197,7 +198,7 @@ class Store:
         except ResourceNotFoundError:
             raise NotInstalledError(f"this storage account has no SMTP AUTH Guard install marker: {hint}") from None
         except AzureError as err:
-            raise StoreError(f"table storage could not be read (install marker): {_first_line(err)}") from None
+            raise StoreError(f"table storage could not be read (install marker): {first_line(err)}") from None
         if entity.get("TenantId") != tenant_id:
             raise WrongTenantError(
                 f"the install marker names tenant {entity.get('TenantId')}, not {tenant_id}: "
@@ -217,40 +218,42 @@ class Store:
         async with _storage_errors("read the exceptions"):
             return [_exception_from_entity(e) async for e in self._table(EXCEPTIONS_TABLE).list_entities()]
 
-    async def add_exception(self, record: ExceptionRecord, created_by: str) -> list[ExceptionRecord]:
-        """Store `record` and, atomically, mark the mailbox's other approved records superseded.
+    async def grant_exception(self, record: ExceptionRecord, created_by: str) -> list[ExceptionRecord]:
+        """The one grant path: insert `record`, and supersede the mailbox's older approved records, atomically.
 
-        RefusedError when a record with its id exists already (it is never overwritten, so a late
-        repair cannot bring back an exception that was revoked meanwhile).
+        Storage only: Exchange is never touched here (an approval switches its one mailbox on itself;
+        everything else waits for the sweeps). Each superseded record is updated ETag-guarded and only
+        its status changes, so who created it stays. A record older than an approved one of the same
+        mailbox never supersedes it: it is stored as superseded itself. RefusedError when a record
+        with its id exists already (it is never overwritten, so a late repair cannot bring back an
+        exception revoked meanwhile), or when a record changed while this ran.
         """
         table = self._table(EXCEPTIONS_TABLE)
         async with _storage_errors("write the exception"):
-            previous = [
+            approved = [
                 e
                 async for e in table.query_entities(
                     "PartitionKey eq @pk and Status eq @status",
                     parameters={"pk": record.mailbox_guid, "status": ExceptionStatus.APPROVED.value},
                 )
+                if e["RowKey"] != record.id
             ]
+            older = [e for e in approved if e["ApprovedAt"] <= record.approved_at]
+            if len(older) < len(approved):  # a newer grant holds the mailbox
+                record = replace(record, status=ExceptionStatus.SUPERSEDED)
             operations: list[Any] = [("create", {**_exception_to_entity(record), "CreatedBy": created_by})]
-            for entity in previous:
-                entity["Status"] = ExceptionStatus.SUPERSEDED.value
-                operations.append(
-                    (
-                        "update",
-                        entity,
-                        {
-                            "mode": UpdateMode.MERGE,
-                            "etag": entity.metadata["etag"],
-                            "match_condition": MatchConditions.IfNotModified,
-                        },
-                    )
-                )
+            operations += [_guarded_merge(e, {"Status": ExceptionStatus.SUPERSEDED.value}) for e in older]
             await _submit(table, operations)
-        return [_exception_from_entity(e) for e in previous]
+        return [_exception_from_entity(e) for e in older]
 
-    async def revoke_exceptions(self, mailbox_guid: str, revoked_by: str, now: datetime) -> list[ExceptionRecord]:
-        """End every approved exception of a mailbox now. Returns what was revoked."""
+    async def revoke_exceptions(
+        self, mailbox_guid: str, revoked_by: str, now: datetime, only_id: str | None = None
+    ) -> list[ExceptionRecord]:
+        """The one revoke path: end the mailbox's approved exceptions (or just `only_id`) now, ETag-guarded.
+
+        Returns what was revoked: nothing when none was approved. RefusedError when one changed while
+        this ran (say a renewal superseded it): the caller reads again.
+        """
         table = self._table(EXCEPTIONS_TABLE)
         async with _storage_errors("revoke the exception"):
             active = [
@@ -259,24 +262,12 @@ class Store:
                     "PartitionKey eq @pk and Status eq @status",
                     parameters={"pk": mailbox_guid, "status": ExceptionStatus.APPROVED.value},
                 )
+                if only_id is None or e["RowKey"] == only_id
             ]
-            operations: list[Any] = []
-            for entity in active:
-                entity.update({"Status": ExceptionStatus.REVOKED.value, "RevokedAt": now, "RevokedBy": revoked_by})
-                operations.append(
-                    (
-                        "update",
-                        entity,
-                        {
-                            "mode": UpdateMode.MERGE,
-                            "etag": entity.metadata["etag"],
-                            "match_condition": MatchConditions.IfNotModified,
-                        },
-                    )
-                )
-            if operations:
-                await _submit(table, operations)
-        return [_exception_from_entity(e) for e in active]
+            ended = {"Status": ExceptionStatus.REVOKED.value, "RevokedAt": now, "RevokedBy": revoked_by}
+            if active:
+                await _submit(table, [_guarded_merge(e, ended) for e in active])
+        return [_exception_from_entity({**e, **ended}) for e in active]
 
     # -- plans ---------------------------------------------------------------------------------------
 
@@ -373,26 +364,6 @@ class Store:
                 )
             ]
         return _exception_from_entity(found[0]) if found else None
-
-    async def put_exception(self, record: ExceptionRecord, created_by: str) -> None:
-        """Write an exception under its own id; idempotent, so a retried approval writes it once."""
-        async with _storage_errors("write the exception"):
-            await self._table(EXCEPTIONS_TABLE).upsert_entity(
-                {**_exception_to_entity(record), "CreatedBy": created_by}, mode=UpdateMode.REPLACE
-            )
-
-    async def revoke_exception_by_id(self, record: ExceptionRecord, revoked_by: str, now: datetime) -> None:
-        async with _storage_errors("revoke the exception"):
-            await self._table(EXCEPTIONS_TABLE).update_entity(
-                {
-                    "PartitionKey": record.mailbox_guid,
-                    "RowKey": record.id,
-                    "Status": ExceptionStatus.REVOKED.value,
-                    "RevokedAt": now,
-                    "RevokedBy": revoked_by,
-                },
-                mode=UpdateMode.MERGE,
-            )
 
     # -- requests and outbox -------------------------------------------------------------------------
 
@@ -675,7 +646,7 @@ class Store:
                     logger.error("SMTP AUTH Guard: run %s lost the sweep lease to another run", holder)
                     return
                 except AzureError as err:  # try again at the next tick, before the lease runs out
-                    logger.warning("SMTP AUTH Guard: run %s could not renew its lease: %s", holder, _first_line(err))
+                    logger.warning("SMTP AUTH Guard: run %s could not renew its lease: %s", holder, first_line(err))
                     continue
                 etag = str(metadata["etag"])
 
@@ -947,6 +918,13 @@ def _summary_entity(summary: RunSummary) -> dict[str, Any]:
     }
 
 
+def _guarded_merge(entity: Any, changes: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A transaction's update of only `changes`, refused if the entity changed since it was read."""
+    keys = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
+    unchanged = {"etag": entity.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+    return ("update", {**keys, **changes}, {"mode": UpdateMode.MERGE, **unchanged})
+
+
 async def _submit(table: TableClient, operations: list[Any]) -> None:
     try:
         await table.submit_transaction(operations)
@@ -958,10 +936,6 @@ async def _submit(table: TableClient, operations: list[Any]) -> None:
         raise
 
 
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
 @asynccontextmanager
 async def _storage_errors(action: str) -> AsyncIterator[None]:
     """Turn SDK failures into one StoreError that says what could not be done."""
@@ -971,7 +945,7 @@ async def _storage_errors(action: str) -> AsyncIterator[None]:
         raise
     except ResourceNotFoundError as err:
         raise NotInstalledError(
-            f"could not {action}: a table is missing ({_first_line(err)}); run `python -m shared.cli init`"
+            f"could not {action}: a table is missing ({first_line(err)}); run `python -m shared.cli init`"
         ) from None
     except AzureError as err:
-        raise StoreError(f"could not {action} in table storage: {_first_line(err)}") from None
+        raise StoreError(f"could not {action} in table storage: {first_line(err)}") from None

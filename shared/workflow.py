@@ -27,15 +27,14 @@ from shared.graph import Evidence, sign_in_window
 from shared.principal import Principal
 from shared.reconcile import (
     AuthMethod,
-    Change,
     ChangeReason,
     ExceptionRecord,
     ExceptionStatus,
     MailboxState,
     Recipient,
 )
-from shared.records import Actor, AuditEntry
-from shared.registry import resolve_owner
+from shared.records import Actor
+from shared.registry import resolve_owner, revoke_and_switch_off, switch_smtp_auth
 from shared.validation import choice, free_text, mailbox_address, whole_number
 from shared.web import HttpError
 from shared.workflow_records import (
@@ -466,53 +465,26 @@ async def granted_exception(c: Clients, request: ExceptionRequest) -> ExceptionR
 
 async def _grant(c: Clients, request: ExceptionRequest, principal: Principal, now: datetime) -> DecisionResult:
     record = await granted_exception(c, request)
-    await write_exception(c, record, principal.object_id)
+    with suppress(RefusedError):  # written already (its id is the request's): the grant stands
+        await c.store.grant_exception(record, principal.object_id)
     return await _apply_now(c, request, record, principal, now)
-
-
-async def write_exception(c: Clients, record: ExceptionRecord, created_by: str) -> None:
-    """Write (or re-write) an approved exception, superseding the mailbox's other approved ones."""
-    others = [
-        r
-        for r in await c.store.list_exceptions()
-        if r.mailbox_guid == record.mailbox_guid and r.id != record.id and r.status is ExceptionStatus.APPROVED
-    ]
-    await c.store.put_exception(record, created_by)
-    for other in others:
-        await c.store.put_exception(replace(other, status=ExceptionStatus.SUPERSEDED), created_by)
 
 
 async def _apply_now(
     c: Clients, request: ExceptionRequest, record: ExceptionRecord, principal: Principal, now: datetime
 ) -> DecisionResult:
     try:
-        await set_one_mailbox(c, record, False, ChangeReason.EXCEPTION, f"approval-{request.id}", principal, now)
+        await switch_smtp_auth(
+            c.store, c.exchange, record, False, ChangeReason.EXCEPTION, f"approval-{request.id}", _actor(principal), now
+        )
     except GuardError as err:
         logger.error("approved request %s but SMTP AUTH could not be switched on now: %s", request.id, err)
         return DecisionResult(request, applied=False, apply_error=str(err))
     return DecisionResult(request, applied=True)
 
 
-async def set_one_mailbox(
-    c: Clients,
-    record: ExceptionRecord,
-    disabled: bool,
-    reason: ChangeReason,
-    run_id: str,
-    principal: Principal,
-    now: datetime,
-) -> None:
-    """An explicit admin action on one mailbox, outside the sweeps (so in report mode too), audited."""
-    current = await c.exchange.find_mailbox(record.mailbox_guid)
-    before = current.smtp_auth_disabled if current else None
-    if before is disabled:
-        return
-    await c.exchange.set_smtp_auth_disabled(record.mailbox_guid, disabled)
-    change = Change(record.mailbox_guid, record.mailbox_address, before, disabled, reason)
-    await c.store.append_audit([AuditEntry(run_id, change, Actor(principal.object_id, ""), now)])
-
-
 async def revoke(c: Clients, exception_id: str, principal: Principal, now: datetime) -> ExceptionRecord:
+    """End one exception now through the one revoke path; HttpError(502) when SMTP AUTH stays on for now."""
     if not await is_approver(c, principal):
         raise HttpError(403, "only approvers may revoke exceptions")
     record = await c.store.get_exception(exception_id)
@@ -520,16 +492,26 @@ async def revoke(c: Clients, exception_id: str, principal: Principal, now: datet
         raise HttpError(404, "no such exception")
     if not record.is_active(now):
         raise HttpError(409, f"this exception is not active (it is {record.status.value})")
-    await c.store.revoke_exception_by_id(record, principal.object_id, now)
+    try:
+        done = await revoke_and_switch_off(
+            c.store, c.exchange, record.mailbox_guid, _actor(principal), now, c.settings.base.enforcement_mode,
+            only_id=record.id,
+        )  # fmt: skip
+    except RefusedError:
+        done = None
+    if done is None or not done.revoked:  # superseded or revoked while this ran
+        current = await c.store.get_exception(exception_id)
+        status = current.status.value if current else "gone"
+        raise HttpError(409, f"this exception is not active (it is {status})")
     about = record.id if await c.store.get_request(record.id) else f"exception-{record.id}"
     await c.store.enqueue(_notification(about, NotificationKind.REVOKED, now, exception_id=record.id))
-    try:
-        await set_one_mailbox(c, record, True, ChangeReason.EXPIRED, f"revoke-{record.id}", principal, now)
-    except GuardError as err:
-        raise HttpError(
-            502, f"revoked, but SMTP AUTH could not be switched off now ({err}); the next sweep will"
-        ) from None
+    if not done.switched_off:
+        raise HttpError(502, f"revoked, but SMTP AUTH could not be switched off now ({done.problem}); {done.next_step}")
     return record
+
+
+def _actor(principal: Principal) -> Actor:
+    return Actor(principal.object_id, "")
 
 
 # -- what an approver sees -----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from typing import Any
 
 import pytest
 from azure.data.tables.aio import TableServiceClient
@@ -100,12 +102,57 @@ def test_exceptions_add_list_revoke(cli, emulator: EmulatorServer) -> None:
     enforce = cli("sweep", "--full", "--mode", "enforce")
     assert enforce.code == 0, enforce.err
     assert emulator.tenant.find(mailbox.guid).smtp_client_authentication_disabled is False
+    sets_before = _set_calls(emulator)
     revoked = cli("exceptions", "revoke", "--mailbox", mailbox.primary_smtp_address)
     assert revoked.code == 0, revoked.err
-    again = cli("sweep", "--full", "--mode", "enforce", "--json")
-    assert json.loads(again.out)["by_reason"] == {"expired": 1}
+    assert "SMTP AUTH is off for it now" in revoked.out
+    # The one revoke path switches it off at once (the safe direction), audited, with no sweep.
     assert emulator.tenant.find(mailbox.guid).smtp_client_authentication_disabled is True
+    assert _set_calls(emulator) == sets_before + 1
+    rows = _audit_rows(emulator, f"revoke-{listed[0]['id']}")
+    assert [(r["MailboxGuid"], r["Before"], r["After"], r["Reason"]) for r in rows] == [
+        (mailbox.guid, "false", "true", "expired")
+    ]
+    again = cli("sweep", "--full", "--mode", "enforce", "--json")
+    assert json.loads(again.out)["by_reason"] == {}
     assert cli("exceptions", "revoke", "--mailbox", mailbox.primary_smtp_address).code == 2
+
+
+def _set_calls(emulator: EmulatorServer) -> int:
+    return sum(1 for e in emulator.calllog.entries() if e["cmdlet"] == "Set-CASMailbox")
+
+
+def _audit_rows(emulator: EmulatorServer, run_id: str) -> list[dict[str, Any]]:
+    from azure.data.tables import TableServiceClient
+
+    with TableServiceClient.from_connection_string(os.environ["AzureWebJobsStorage"]) as service:  # noqa: SIM112
+        table = service.get_table_client("SmtpGuardAudit")
+        return list(table.query_entities("PartitionKey eq @pk", parameters={"pk": run_id}))
+
+
+def test_revoke_with_exchange_down_stands_and_says_what_happens_next(cli, emulator: EmulatorServer) -> None:
+    assert cli("init").code == 0
+    mailbox = emulator.tenant.snapshot()[4]
+    args = ("--days", "30", "--reason", "scanner")
+    emulator.tenant.find(mailbox.guid).smtp_client_authentication_disabled = False
+    emulator.faults.configure(failing_cmdlets={"Set-CASMailbox": 400})  # Exchange refuses every change
+    for mode, expected in (
+        ("report", "sweeps are in report mode: switch it off by hand or enforce"),
+        ("enforce", "the next enforce sweep switches it off"),
+    ):
+        assert cli("exceptions", "add", "--mailbox", mailbox.primary_smtp_address, *args).code == 0
+        revoked = cli(
+            "exceptions",
+            "revoke",
+            "--mailbox",
+            mailbox.primary_smtp_address,
+            env={**os.environ, "ENFORCEMENT_MODE": mode},
+        )
+        assert revoked.code == 1, revoked.err
+        assert expected in revoked.err and len(revoked.err.strip().splitlines()) == 1
+        listed = json.loads(cli("exceptions", "list", "--json").out)
+        assert not any(r["active"] for r in listed)  # the revocation stands
+    assert emulator.tenant.find(mailbox.guid).smtp_client_authentication_disabled is False
 
 
 @pytest.mark.parametrize(

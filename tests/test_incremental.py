@@ -220,9 +220,9 @@ async def test_a_live_run_keeps_its_lease_however_long_it_takes(emulator: Emulat
 async def test_an_exception_granted_or_revoked_between_runs_is_applied_by_the_next_incremental_run(
     emulator: EmulatorServer, store: Store
 ) -> None:
-    # `exceptions add` / `revoke` only write storage; the mailbox itself does not change, so the
-    # incremental listing would not show it. The next incremental run must still act on it.
-    from shared.registry import revoke_exception
+    # `exceptions add` only writes storage, and so does a revocation whose switch-off could not reach
+    # Exchange; the mailbox itself does not change, so the incremental listing would not show it. The
+    # next incremental run must still act on it.
     from tests.workflow_support import grant_as_admin
 
     await enforced_tenant(emulator, store)
@@ -232,8 +232,7 @@ async def test_an_exception_granted_or_revoked_between_runs_is_applied_by_the_ne
     assert granted.outcome is RunOutcome.COMPLETED and granted.applied == 1, granted.message
     assert emulator.tenant.find(target.guid).smtp_client_authentication_disabled is False
 
-    tenant_id = load_settings().tenant_id
-    await revoke_exception(store, tenant_id, target.primary_smtp_address, "admin", datetime.now(UTC))
+    await store.revoke_exceptions(target.guid, "admin", datetime.now(UTC))  # storage only
     revoked = await sweep()
     assert revoked.outcome is RunOutcome.COMPLETED and revoked.applied == 1, revoked.message
     assert emulator.tenant.find(target.guid).smtp_client_authentication_disabled is True

@@ -957,7 +957,7 @@ async def test_an_interrupted_approval_is_repaired_once_and_never_overwrites(
     assert (await run_lifecycle(c)).repaired == 0
 
     # The repair only inserts: an exception with that id, whatever its state now, is never overwritten.
-    await store.revoke_exception_by_id(repaired, "admin", datetime.now(UTC))
+    await store.revoke_exceptions(repaired.mailbox_guid, "admin", datetime.now(UTC), only_id=repaired.id)
     with pytest.raises(RefusedError, match="exists already"):
-        await store.add_exception(granted, created_by="repair")
+        await store.grant_exception(granted, created_by="repair")
     assert (await store.get_exception(request_id)).status.value == "revoked"
