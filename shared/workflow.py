@@ -465,8 +465,11 @@ async def granted_exception(c: Clients, request: ExceptionRequest) -> ExceptionR
 
 async def _grant(c: Clients, request: ExceptionRequest, principal: Principal, now: datetime) -> DecisionResult:
     record = await granted_exception(c, request)
-    with suppress(RefusedError):  # written already (its id is the request's): the grant stands
+    try:
         await c.store.grant_exception(record, principal.object_id)
+    except RefusedError:  # written already (its id is the request's), or a record changed meanwhile
+        if await c.store.get_exception(record.id) is None:
+            await c.store.grant_exception(record, principal.object_id)  # once more; never switch on without it
     return await _apply_now(c, request, record, principal, now)
 
 
