@@ -1,6 +1,6 @@
 """Async client for the Exchange Online admin REST endpoint (InvokeCommand and $batch).
 
-Microsoft does not document this endpoint; ../shared/design.md records what public clients show.
+Microsoft does not document this endpoint; docs/exchange-admin-api.md records what public clients show.
 Built on azure-core's pipeline: bearer tokens and retries (with Retry-After) come from its policies.
 """
 
