@@ -123,7 +123,7 @@ def main() -> int:
             NOTIFY_FROM=notify.primary_smtp_address,
             APPROVER_GROUP_ID=group,
         )
-        from shared.clients import close_all
+        from shared.bootstrap import close_all
 
         with LocalHost(
             port=port,

@@ -896,7 +896,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from shared.clients import close_all  # the app's cached SDK clients: closed on the loop before it ends
+    from shared.bootstrap import close_all  # the app's cached SDK clients: closed on the loop before it ends
 
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -11,20 +11,20 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import asdict, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import IntEnum
 from typing import Any, TextIO
 
+from shared.bootstrap import Connections, connect
+from shared.clock import utc_now
 from shared.errors import GuardError, InputError, RefusedError
-from shared.exchange import ExchangeClient
-from shared.identity import actor_for, build_credential
+from shared.identity import actor_for
 from shared.reconcile import AuthMethod, ExceptionRecord
 from shared.records import RunOutcome, RunSummary, tri_state
 from shared.registry import active_mailboxes, grant_exception, revoke_and_switch_off, validate_grant
 from shared.settings import EnforcementMode, Settings, SettingsError, load_settings
-from shared.store import TABLES, Store
+from shared.storage import TABLES
 from shared.sweep import SweepRequest, run_sweep
 
 PLAN_LINES = 25  # changes printed for a human; --json and the plan table hold all of them
@@ -110,10 +110,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, out: TextIO, e
         "revoke": _exceptions_revoke,
     }
     name = args.action if args.command == "exceptions" else args.command
-    async with AsyncExitStack() as stack:
-        credential = build_credential()
-        stack.push_async_callback(credential.close)  # type: ignore[attr-defined]
-        return await handlers[name](args, settings, credential, stack, out, err)
+    async with connect(settings) as connections:
+        return await handlers[name](args, settings, connections, out, err)
 
 
 def _progress(err: TextIO) -> Callable[[str], None]:
@@ -127,23 +125,11 @@ def _progress(err: TextIO) -> Callable[[str], None]:
     return show
 
 
-async def _open_store(settings: Settings, credential: Any, stack: AsyncExitStack) -> Store:
-    return await stack.enter_async_context(Store.from_config(settings.storage, credential))
-
-
-async def _open_exchange(settings: Settings, credential: Any, stack: AsyncExitStack) -> ExchangeClient:
-    client = ExchangeClient(
-        settings.exchange_endpoint, settings.tenant_id, credential, concurrency=settings.exchange_concurrency
-    )
-    return await stack.enter_async_context(client)
-
-
 async def _init(
-    args: argparse.Namespace, settings: Settings, credential: Any, stack: AsyncExitStack, out: TextIO, err: TextIO
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
 ) -> int:
-    actor = await actor_for(credential, settings.exchange_scope)
-    store = await _open_store(settings, credential, stack)
-    marker, created = await store.initialise(settings.tenant_id, str(actor))
+    actor = await actor_for(connections.credential, settings.exchange_scope)
+    marker, created = await connections.store.state.initialise(settings.tenant_id, str(actor))
     verb = "initialised" if created else "already initialised"
     out.write(
         f"{verb}: tables {', '.join(TABLES)}; install marker for tenant {marker.tenant_id} "
@@ -153,14 +139,14 @@ async def _init(
 
 
 async def _sweep(
-    args: argparse.Namespace, settings: Settings, credential: Any, stack: AsyncExitStack, out: TextIO, err: TextIO
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
 ) -> int:
     request = SweepRequest(
         full=args.full,
         mode=EnforcementMode(args.mode) if args.mode else None,
         confirm_plan=args.confirm_plan,
     )
-    summary = await run_sweep(settings, request, credential=credential, progress=_progress(err))
+    summary = await run_sweep(settings, request, connections=connections, progress=_progress(err))
     if args.json:
         json.dump(summary_json(summary), out, indent=2, default=str)  # streamed: plans can be large
         out.write("\n")
@@ -210,7 +196,7 @@ def _print_summary(summary: RunSummary, out: TextIO) -> None:
 
 
 async def _exceptions_add(
-    args: argparse.Namespace, settings: Settings, credential: Any, stack: AsyncExitStack, out: TextIO, err: TextIO
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
 ) -> int:
     grant = validate_grant(
         mailbox=args.mailbox,
@@ -221,11 +207,9 @@ async def _exceptions_add(
         auth=args.auth,
         max_days=settings.exception_max_days,
     )
-    store = await _open_store(settings, credential, stack)
-    exchange = await _open_exchange(settings, credential, stack)
-    actor = await actor_for(credential, settings.exchange_scope)
+    actor = await actor_for(connections.credential, settings.exchange_scope)
     record, superseded = await grant_exception(
-        store, exchange, settings.tenant_id, grant, str(actor), datetime.now(UTC)
+        connections.store, connections.exchange, settings.tenant_id, grant, str(actor), utc_now()
     )
     out.write(
         f"exception {record.id} granted: {record.mailbox_address} may use SMTP AUTH ({record.auth_method.value}) "
@@ -237,12 +221,12 @@ async def _exceptions_add(
 
 
 async def _exceptions_list(
-    args: argparse.Namespace, settings: Settings, credential: Any, stack: AsyncExitStack, out: TextIO, err: TextIO
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
 ) -> int:
-    store = await _open_store(settings, credential, stack)
-    await store.require_marker(settings.tenant_id)
-    now = datetime.now(UTC)
-    records = sorted(await store.list_exceptions(), key=lambda r: (r.mailbox_address, r.expires_at))
+    store = connections.store
+    await store.state.require_marker(settings.tenant_id)
+    now = utc_now()
+    records = sorted(await store.exceptions.all(), key=lambda r: (r.mailbox_address, r.expires_at))
     if args.json:
         json.dump([_record_json(r, now) for r in records], out, indent=2, default=str)
         out.write("\n")
@@ -265,17 +249,16 @@ def _record_json(record: ExceptionRecord, now: datetime) -> dict[str, Any]:
 
 
 async def _exceptions_revoke(
-    args: argparse.Namespace, settings: Settings, credential: Any, stack: AsyncExitStack, out: TextIO, err: TextIO
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
 ) -> int:
     """Revoke through the one revoke path, which switches SMTP AUTH off at once (the safe direction).
 
     Exit 1 when Exchange could not be reached: the revocation stands, and the message says what next.
     """
-    now = datetime.now(UTC)
-    store = await _open_store(settings, credential, stack)
+    now = utc_now()
+    store, exchange = connections.store, connections.exchange
     guids = await active_mailboxes(store, settings.tenant_id, args.mailbox, now)
-    exchange = await _open_exchange(settings, credential, stack)
-    actor = await actor_for(credential, settings.exchange_scope)
+    actor = await actor_for(connections.credential, settings.exchange_scope)
     code = Exit.OK
     for guid in sorted(guids):
         done = await revoke_and_switch_off(store, exchange, guid, actor, now, settings.enforcement_mode)

@@ -14,7 +14,8 @@ from typing import Any, Final
 
 import azure.functions as func
 
-from shared.clients import Clients, clients
+from shared.bootstrap import Clients, clients
+from shared.clock import utc_now
 from shared.errors import GuardError, NotInstalledError, StoreError, WrongTenantError
 from shared.principal import Principal, principal_from_headers
 from shared.reconcile import AuthMethod
@@ -40,7 +41,6 @@ from shared.workflow import (
     grantable_days,
     is_approver,
     longest_days,
-    now_utc,
     own_stake,
     public_request,
     revoke,
@@ -98,7 +98,7 @@ def _route_id(req: func.HttpRequest) -> str:
 
 async def _csrf(req: func.HttpRequest, principal: Principal, c: Clients) -> tuple[str, dict[str, str]]:
     """A CSRF token for this user's form, and its Set-Cookie header when a new one was made."""
-    return csrf_token(req, c.settings.public_base_url, await c.store.csrf_secret(), principal.object_id)
+    return csrf_token(req, c.settings.public_base_url, await c.store.state.csrf_secret(), principal.object_id)
 
 
 async def _check_post(req: func.HttpRequest, fields: dict[str, str], principal: Principal, c: Clients) -> None:
@@ -109,7 +109,7 @@ async def _check_post(req: func.HttpRequest, fields: dict[str, str], principal: 
     if is_json_body(req):
         check_same_origin(req, c.settings.public_base_url)
     else:
-        check_csrf(req, fields, c.settings.public_base_url, await c.store.csrf_secret(), principal.object_id)
+        check_csrf(req, fields, c.settings.public_base_url, await c.store.state.csrf_secret(), principal.object_id)
 
 
 # -- the request form and submission ------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def _form_context(c: Clients, principal: Principal, values: dict[str, str], erro
         "auth_methods": list(AuthMethod),
         "max_days": settings.base.exception_max_days,
         "basic_max_days": longest_days(
-            AuthMethod.BASIC, settings.base.exception_max_days, settings.basic_auth_retirement_date, now_utc()
+            AuthMethod.BASIC, settings.base.exception_max_days, settings.basic_auth_retirement_date, utc_now()
         ),
         "retirement": settings.basic_auth_retirement_date,
         "csrf_field": CSRF_FIELD,
@@ -149,9 +149,9 @@ async def submit(req: func.HttpRequest, principal: Principal, c: Clients) -> fun
     settings = c.settings
     try:
         draft = validate_request(
-            fields, principal, settings.base.exception_max_days, settings.basic_auth_retirement_date, now_utc()
+            fields, principal, settings.base.exception_max_days, settings.basic_auth_retirement_date, utc_now()
         )
-        request = await submit_request(c, draft, principal, now_utc())
+        request = await submit_request(c, draft, principal, utc_now())
     except HttpError as err:
         if as_json:
             raise
@@ -186,11 +186,11 @@ async def approval_page(req: func.HttpRequest, principal: Principal, c: Clients)
     """GET (and HEAD): a confirmation page that changes nothing, so link scanners are harmless."""
     if not await is_approver(c, principal):
         raise HttpError(403, "only approvers may open approval links")
-    loaded = await c.store.get_request(_route_id(req))
+    loaded = await c.store.requests.get(_route_id(req))
     if loaded is None:
         raise HttpError(404, "no such request")
     request, _ = loaded
-    now = now_utc()
+    now = utc_now()
     # The link's code is in the URL fragment, which never reaches a server: only the POST checks it.
     lapsed = request.status is RequestStatus.PENDING and now >= request.expires_at
     open_for_decision = request.status is RequestStatus.PENDING and not lapsed
@@ -215,7 +215,7 @@ async def approval_page(req: func.HttpRequest, principal: Principal, c: Clients)
 async def approval_decision(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
     fields = read_input(req)
     await _check_post(req, fields, principal, c)
-    result = await decide(c, _route_id(req), principal, fields.get("token"), fields, now_utc())  # never from a URL
+    result = await decide(c, _route_id(req), principal, fields.get("token"), fields, utc_now())  # never from a URL
     if wants_json(req):
         return json_response(
             {**public_request(result.request), "applied": result.applied, "apply_error": result.apply_error}
@@ -227,7 +227,7 @@ async def approval_decision(req: func.HttpRequest, principal: Principal, c: Clie
 async def revoke_exception(req: func.HttpRequest, principal: Principal, c: Clients) -> func.HttpResponse:
     fields = read_input(req) if req.get_body() else {}
     await _check_post(req, fields, principal, c)
-    record = await revoke(c, _route_id(req), principal, now_utc())
+    record = await revoke(c, _route_id(req), principal, utc_now())
     if wants_json(req):
         return json_response({"id": record.id, "mailbox_address": record.mailbox_address, "status": "revoked"})
     return html(
@@ -265,7 +265,7 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 
 async def _storage_check(c: Clients) -> str:
     try:
-        await c.store.require_marker(c.settings.base.tenant_id)
+        await c.store.state.require_marker(c.settings.base.tenant_id)
     except NotInstalledError:
         return "not initialised: run `python -m shared.cli init`"
     except WrongTenantError:

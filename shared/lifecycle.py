@@ -11,10 +11,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
 
-from shared.clients import Clients
+from shared.bootstrap import Clients
+from shared.clock import utc_now
 from shared.errors import RefusedError
 from shared.reconcile import ExceptionRecord, ExceptionStatus
-from shared.workflow import granted_exception, now_utc, release_reservations
+from shared.workflow import granted_exception, release_reservations
 from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus, RequestStatus
 
 RUN_INTERVAL: Final = timedelta(days=1)  # LIFECYCLE_SCHEDULE's default: once a day
@@ -36,11 +37,11 @@ class LifecycleReport:
 
 
 async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleReport:
-    now = now or now_utc()
+    now = now or utc_now()
     report = LifecycleReport()
     await c.require_installed()
-    records = await c.store.list_exceptions()
-    workflow_ids = {r.id for r in await c.store.query_requests("Status eq @s", {"s": RequestStatus.APPROVED.value})}
+    records = await c.store.exceptions.all()
+    workflow_ids = {r.id for r in await c.store.requests.query("Status eq @s", {"s": RequestStatus.APPROVED.value})}
     for record in records:
         if record.status is not ExceptionStatus.APPROVED:
             continue
@@ -53,15 +54,15 @@ async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleRep
             if record.expires_at - now <= before:
                 report.reminders += await _enqueue(c, about, kind, record, now)
                 break
-    for request in await c.store.query_requests("Status eq @s", {"s": RequestStatus.PENDING.value}):
+    for request in await c.store.requests.query("Status eq @s", {"s": RequestStatus.PENDING.value}):
         if request.expires_at <= now:
-            loaded = await c.store.get_request(request.id)
+            loaded = await c.store.requests.get(request.id)
             if loaded is None:
                 continue
             current, etag = loaded
             notice = OutboxItem(request.id, NotificationKind.REQUEST_EXPIRED, OutboxStatus.PENDING, now, now)
             try:
-                await c.store.update_request(
+                await c.store.requests.update(
                     replace(current, status=RequestStatus.EXPIRED, token_hash=""), etag, [notice]
                 )
             except RefusedError:
@@ -74,7 +75,7 @@ async def run_lifecycle(c: Clients, now: datetime | None = None) -> LifecycleRep
 
 async def _enqueue(c: Clients, about: str, kind: NotificationKind, record: ExceptionRecord, now: datetime) -> int:
     item = OutboxItem(about, kind, OutboxStatus.PENDING, now, now, exception_id=record.id)
-    return int(await c.store.enqueue(item))
+    return int(await c.store.outbox.enqueue(item))
 
 
 async def _repair_interrupted_approvals(c: Clients, records: list[ExceptionRecord], now: datetime) -> int:
@@ -85,11 +86,11 @@ async def _repair_interrupted_approvals(c: Clients, records: list[ExceptionRecor
     """
     have = {r.id for r in records}
     repaired = 0
-    for request in await c.store.query_requests("Status eq @s", {"s": RequestStatus.APPROVED.value}):
+    for request in await c.store.requests.query("Status eq @s", {"s": RequestStatus.APPROVED.value}):
         if request.id in have or request.exception_expires_at is None or request.exception_expires_at <= now:
             continue
         try:
-            await c.store.grant_exception(await granted_exception(c, request), created_by=request.decided_by)
+            await c.store.exceptions.grant(await granted_exception(c, request), created_by=request.decided_by)
         except RefusedError:
             continue  # written meanwhile (by the approval itself, or revoked since): leave it
         repaired += 1

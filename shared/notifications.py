@@ -18,14 +18,15 @@ from azure.core import AsyncPipelineClient
 from azure.core.exceptions import AzureError
 from azure.core.rest import HttpRequest
 
-from shared.clients import Clients
+from shared.bootstrap import Clients
+from shared.clock import utc_now
 from shared.errors import GuardError, NotYetStoredError, RefusedError
 from shared.exchange import ExchangeRetryPolicy
 from shared.reconcile import ExceptionRecord
-from shared.store import CLAIM_GRACE
+from shared.storage.requests import CLAIM_GRACE
 from shared.transport import transport_options
 from shared.web import render_text
-from shared.workflow import new_link_token, now_utc
+from shared.workflow import new_link_token
 from shared.workflow_records import ExceptionRequest, NotificationKind, OutboxItem, OutboxStatus, RequestStatus
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,10 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 async def send_due(c: Clients, now: datetime | None = None) -> SendReport:
-    now = now or now_utc()
+    now = now or utc_now()
     await c.require_installed()
     sent = failed = skipped = 0
-    for item, ref in (await c.store.due_notifications(now))[:BATCH]:
+    for item, ref in (await c.store.outbox.due(now))[:BATCH]:
         try:
             delivered = await _deliver(c, item, now)
         except GuardError as err:
@@ -60,12 +61,12 @@ async def send_due(c: Clients, now: datetime | None = None) -> SendReport:
                 item, attempts=attempts, last_error=str(err)[:1000], next_attempt_at=now + retry_delay(attempts)
             )
             with suppress(RefusedError):  # another instance handled it
-                await c.store.save_notification(retry, ref)
+                await c.store.outbox.save(retry, ref)
             continue
         sent += 1 if delivered else 0
         skipped += 0 if delivered else 1
         with suppress(RefusedError):
-            await c.store.save_notification(
+            await c.store.outbox.save(
                 replace(item, status=OutboxStatus.SENT, sent_at=now, attempts=item.attempts + 1), ref
             )
     return SendReport(sent, failed, skipped)
@@ -76,7 +77,7 @@ async def _deliver(c: Clients, item: OutboxItem, now: datetime) -> bool:
     request: ExceptionRequest | None = None
     etag = ""
     if not item.about.startswith("exception-"):
-        loaded = await c.store.get_request(item.about)
+        loaded = await c.store.requests.get(item.about)
         if loaded is None:
             # Notices are written before their request: a young one may be ahead of it. Retry it
             # rather than mark it done, or the approvers would never hear of the request.
@@ -84,7 +85,7 @@ async def _deliver(c: Clients, item: OutboxItem, now: datetime) -> bool:
                 raise NotYetStoredError(f"request {item.about} is not stored yet")
             return False
         request, etag = loaded
-    exception = await c.store.get_exception(item.exception_id or (request.id if request else ""))
+    exception = await c.store.exceptions.get(item.exception_id or (request.id if request else ""))
     base = c.settings.public_base_url
     context: dict[str, Any] = {
         "request": request,
@@ -98,7 +99,7 @@ async def _deliver(c: Clients, item: OutboxItem, now: datetime) -> bool:
         if request is None or request.status is not RequestStatus.PENDING or now >= request.expires_at:
             return False
         token, hashed = new_link_token()
-        await c.store.update_request(replace(request, token_hash=hashed), etag)  # the old link stops working
+        await c.store.requests.update(replace(request, token_hash=hashed), etag)  # the old link stops working
         # After "#": a fragment never reaches a server, so the code stays out of every request log.
         context["approval_url"] = f"{base}/api/approvals/{request.id}#{urlencode({'token': token})}"
         return await _mail(c, await approver_mails(c), kind.value, context)

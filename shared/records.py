@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from shared.clock import utc_now
 from shared.reconcile import Change, ChangeReason
 
 
@@ -27,12 +28,17 @@ class RunOutcome(StrEnum):
 
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable by time, unique across instances."""
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    moment = (now or utc_now()).astimezone(UTC)
     return f"{moment:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def tri_state(value: bool | None) -> str:
+    """A setting that may be unknown, as stored and printed: "true", "false" or "null"."""
     return "null" if value is None else str(value).lower()
+
+
+def from_tri_state(value: str) -> bool | None:
+    return None if value == "null" else value == "true"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from shared.exchange import ExchangeClient
 from shared.reconcile import AuthMethod, Change, ChangeReason, ExceptionRecord, ExceptionStatus, Recipient
 from shared.records import Actor, AuditEntry
 from shared.settings import EnforcementMode
-from shared.store import Store
+from shared.storage import Store
 from shared.validation import choice, free_text, mailbox_address, whole_number
 
 MAX_REASON: Final = 1000
@@ -76,7 +76,7 @@ async def grant_exception(
     now: datetime,
 ) -> tuple[ExceptionRecord, list[ExceptionRecord]]:
     """Store an approved exception for an existing mailbox; returns it and the records it supersedes."""
-    await store.require_marker(tenant_id)
+    await store.state.require_marker(tenant_id)
     mailbox = await exchange.find_mailbox(grant.mailbox)
     if mailbox is None:
         raise InputError("mailbox", f"Exchange has no mailbox {grant.mailbox}")
@@ -95,7 +95,7 @@ async def grant_exception(
         approved_by=approved_by,
         approved_at=now,
     )
-    superseded = await store.grant_exception(record, created_by=approved_by)
+    superseded = await store.exceptions.grant(record, created_by=approved_by)
     return record, superseded
 
 
@@ -124,7 +124,7 @@ async def revoke_and_switch_off(
     When Exchange cannot be reached the revocation still stands, and `next_step` says, from the
     settings, who will switch it off.
     """
-    revoked = await store.revoke_exceptions(mailbox_guid, str(actor), now, only_id)
+    revoked = await store.exceptions.revoke(mailbox_guid, str(actor), now, only_id)
     if not revoked:
         return Revocation(revoked, switched_off=False)
     record = revoked[0]
@@ -158,15 +158,15 @@ async def switch_smtp_auth(
         return
     await exchange.set_smtp_auth_disabled(record.mailbox_guid, disabled)
     change = Change(record.mailbox_guid, record.mailbox_address, before, disabled, reason)
-    await store.append_audit([AuditEntry(run_id, change, actor, now)])
+    await store.audit.append([AuditEntry(run_id, change, actor, now)])
 
 
 async def active_mailboxes(store: Store, tenant_id: str, mailbox: str, now: datetime) -> set[str]:
     """The GUIDs of the mailboxes with this address that hold an active exception. Found in the
     registry, not in Exchange, so a deleted mailbox can still be revoked."""
     address = mailbox_address("mailbox", mailbox)
-    await store.require_marker(tenant_id)
-    guids = {r.mailbox_guid for r in await store.list_exceptions() if r.mailbox_address == address and r.is_active(now)}
+    await store.state.require_marker(tenant_id)
+    guids = {r.mailbox_guid for r in await store.exceptions.all() if r.mailbox_address == address and r.is_active(now)}
     if not guids:
         raise InputError("mailbox", f"{address} has no active exception")
     return guids

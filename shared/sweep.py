@@ -11,15 +11,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
-from azure.core.credentials_async import AsyncTokenCredential
-
 from shared.apply import ApplyResult, apply_changes
+from shared.bootstrap import Connections, connect
+from shared.clock import Clock, utc_now
 from shared.errors import ExchangeError, GuardError, InputError, RefusedError, StoreError
-from shared.exchange import ExchangeClient
-from shared.identity import IdentityError, actor_for, build_credential
+from shared.identity import IdentityError, actor_for
 from shared.reconcile import (
     Change,
     ExceptionRecord,
@@ -40,7 +39,7 @@ from shared.records import (
     new_run_id,
 )
 from shared.settings import EnforcementMode, Settings
-from shared.store import Store, SweepState
+from shared.storage import SweepState
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +51,6 @@ PLAN_CONFIRM_MAX_AGE: Final = timedelta(hours=24)
 LEASE_MARGIN: Final = timedelta(minutes=5)
 
 Progress = Callable[[str], None]
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,31 +64,22 @@ async def run_sweep(
     settings: Settings,
     request: SweepRequest,
     *,
-    credential: AsyncTokenCredential | None = None,
+    connections: Connections | None = None,
     progress: Progress | None = None,
     clock: Clock = utc_now,
 ) -> RunSummary:
-    """Run one sweep and return its summary. Safety refusals are outcomes, not exceptions."""
+    """Run one sweep and return its summary. Safety refusals are outcomes, not exceptions.
+
+    `connections` lets a caller that has them open (the CLI) share them; otherwise the run opens its own.
+    """
     mode = request.mode or settings.enforcement_mode
     if request.confirm_plan is not None and mode is not EnforcementMode.ENFORCE:
         raise InputError("--confirm-plan", "confirming a plan applies it, so it needs --mode enforce")
-    owned = credential is None
-    credential = credential or build_credential()
-    try:
-        async with (
-            Store.from_config(settings.storage, credential) as store,
-            ExchangeClient(
-                settings.exchange_endpoint,
-                settings.tenant_id,
-                credential,
-                concurrency=settings.exchange_concurrency,
-            ) as exchange,
-        ):
-            sweep = _Sweep(settings, mode, store, exchange, credential, progress or _log_progress, clock)
-            return await sweep.run(request)
-    finally:
-        if owned:
-            await credential.close()  # type: ignore[attr-defined]
+    if connections is None:
+        async with connect(settings) as opened:
+            return await run_sweep(settings, request, connections=opened, progress=progress, clock=clock)
+    sweep = _Sweep(settings, mode, connections, progress or _log_progress, clock)
+    return await sweep.run(request)
 
 
 def _log_progress(message: str) -> None:
@@ -106,17 +91,15 @@ class _Sweep:
         self,
         settings: Settings,
         mode: EnforcementMode,
-        store: Store,
-        exchange: ExchangeClient,
-        credential: AsyncTokenCredential,
+        connections: Connections,
         progress: Progress,
         clock: Clock,
     ) -> None:
         self.settings = settings
         self.mode = mode
-        self.store = store
-        self.exchange = exchange
-        self.credential = credential
+        self.store = connections.store
+        self.exchange = connections.exchange
+        self.credential = connections.credential
         self.progress = progress
         self.clock = clock
         self.deadline = time.monotonic() + settings.sweep_time_budget_seconds
@@ -131,9 +114,9 @@ class _Sweep:
             started_at=started,
         )
         try:
-            await self.store.require_marker(self.settings.tenant_id)
+            await self.store.state.require_marker(self.settings.tenant_id)
             lease = timedelta(seconds=self.settings.sweep_time_budget_seconds) + LEASE_MARGIN
-            async with self.store.lease(summary.run_id, lease, self.clock):
+            async with self.store.state.lease(summary.run_id, lease, self.clock):
                 await self._run_locked(request, summary)
         except RefusedError as err:
             summary.outcome, summary.message = RunOutcome.REFUSED, str(err)
@@ -149,8 +132,8 @@ class _Sweep:
         summary.actor = await actor_for(self.credential, self.settings.exchange_scope)
         now = self.clock()
         # Fail closed: an unreadable exception table raises here and the run changes nothing.
-        exceptions = effective_exceptions(await self.store.list_exceptions(), now)
-        state = await self.store.sweep_state(self.mode.value)
+        exceptions = effective_exceptions(await self.store.exceptions.all(), now)
+        state = await self.store.state.sweep_state(self.mode.value)
         if not summary.full and (state.full_pending or state.watermark is None):
             summary.full = True
             self.progress("no finished sweep to resume from: running a full reconcile")
@@ -222,7 +205,7 @@ class _Sweep:
                     "for a tenant this size"
                 )
             if summary.full:
-                await self.store.save_sweep_state(
+                await self.store.state.save_sweep_state(
                     self.mode.value, SweepState(watermark=state.watermark, full_pending=True), summary.run_id
                 )
             return
@@ -231,7 +214,7 @@ class _Sweep:
         if request.confirm_plan is not None:
             # Only the reviewed changes were applied: what this listing found beyond them is not done,
             # so the watermark stays and the next run is a full one.
-            await self.store.save_sweep_state(
+            await self.store.state.save_sweep_state(
                 self.mode.value, SweepState(watermark=state.watermark, full_pending=True), summary.run_id
             )
             return
@@ -247,7 +230,7 @@ class _Sweep:
         shows mailboxes that changed, not those whose exception was granted, revoked or lapsed
         since the last run. Both are few; each costs one Exchange read.
         """
-        records = await self.store.list_exceptions()  # fail closed here too: unreadable means no change
+        records = await self.store.exceptions.all()  # fail closed here too: unreadable means no change
         fresh = effective_exceptions(records, now)
         recheck = moved_mailboxes(exceptions, fresh, now)
         if since is not None:
@@ -264,7 +247,7 @@ class _Sweep:
         return kept
 
     async def _confirmed_changes(self, plan_id: str, current: list[Change], summary: RunSummary) -> list[Change]:
-        loaded = await self.store.load_plan(plan_id)
+        loaded = await self.store.plans.load(plan_id)
         if loaded is None:
             raise RefusedError(f"plan {plan_id} is unknown: nothing applied")
         plan, etag = loaded
@@ -280,7 +263,7 @@ class _Sweep:
         still, dropped = confirmable(plan.changes, current)
         if dropped:
             self.progress(f"{len(dropped)} reviewed changes no longer hold and are skipped")
-        await self.store.claim_plan(plan_id, etag, summary.run_id)
+        await self.store.plans.claim(plan_id, etag, summary.run_id)
         summary.plan_id = plan_id
         summary.planned = len(still)
         summary.changes = still
@@ -288,7 +271,7 @@ class _Sweep:
 
     async def _store_plan(self, summary: RunSummary, changes: list[Change], status: PlanStatus) -> None:
         summary.plan_id = summary.run_id
-        await self.store.save_plan(
+        await self.store.plans.save(
             StoredPlan(
                 plan_id=summary.run_id,
                 tenant_id=self.settings.tenant_id,
@@ -308,7 +291,7 @@ class _Sweep:
 
         async def audit(done: list[Change]) -> None:
             at = self.clock()
-            await self.store.append_audit(
+            await self.store.audit.append(
                 [AuditEntry(summary.run_id, change, actor, at, summary.plan_id) for change in done]
             )
 
@@ -328,13 +311,13 @@ class _Sweep:
 
     async def _advance(self, summary: RunSummary, listing_started: datetime) -> None:
         """Move the watermark to the start of this run's listing: everything before it is done."""
-        await self.store.save_sweep_state(
+        await self.store.state.save_sweep_state(
             self.mode.value, SweepState(watermark=listing_started, full_pending=False), summary.run_id
         )
 
     async def _write_summary(self, summary: RunSummary) -> None:
         try:
-            await self.store.write_summary(summary)
+            await self.store.audit.write_summary(summary)
         except GuardError as err:
             summary.errors.append(f"the run summary could not be stored: {err}")
             logger.error("SMTP AUTH Guard: run %s summary not stored: %s", summary.run_id, err)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
-from shared.clients import Clients
+from shared.bootstrap import Clients
 from shared.errors import DailyLimitError, GuardError, InputError, PendingLimitError, RefusedError
 from shared.graph import Evidence, sign_in_window
 from shared.principal import Principal
@@ -59,10 +59,6 @@ FIELDS: Final = (
     "mailbox", "sender_kind", "vendor", "source_ips", "auth_method", "alternatives_reason",
     "alternatives_detail", "days", "owner", "contact", "ticket", "renews",
 )  # fmt: skip
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 def token_hash(token: str) -> str:
@@ -187,7 +183,7 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
     if mailbox is None:
         raise HttpError(422, "that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
     if draft.renews:
-        previous = await c.store.get_exception(draft.renews)
+        previous = await c.store.exceptions.get(draft.renews)
         if previous is None or previous.mailbox_guid != mailbox.guid:
             raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
     request_id = str(uuid.uuid4())
@@ -216,7 +212,8 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         mailbox_user_id=mailbox.user_id,
     )
     try:
-        await c.store.create_request(request, _submission_notices(c, request, now), settings.request_rate_limit_per_day)
+        notices = _submission_notices(c, request, now)
+        await c.store.requests.create(request, notices, settings.request_rate_limit_per_day)
     except GuardError as err:
         await release_reservations(c, request)
         if isinstance(err, DailyLimitError):
@@ -242,22 +239,23 @@ async def _resolved_owner(c: Clients, address: str, principal: Principal) -> Rec
 async def _reserve(c: Clients, principal: Principal, mailbox: MailboxState, request_id: str, now: datetime) -> None:
     """One of the requester's pending slots first (so a squatter at the cap cannot even probe), then the mailbox."""
     try:
-        await c.store.claim_pending_slot(principal.object_id, request_id, now, c.settings.request_pending_per_requester)
+        limit = c.settings.request_pending_per_requester
+        await c.store.requests.claim_pending_slot(principal.object_id, request_id, now, limit)
     except PendingLimitError as err:
         raise HttpError(429, str(err), {"form": str(err)}) from None
     try:
-        holder = await c.store.claim_mailbox(mailbox.guid, request_id, now)
+        holder = await c.store.requests.claim_mailbox(mailbox.guid, request_id, now)
     except BaseException:
         with suppress(GuardError):
-            await c.store.release_pending_slot(principal.object_id, request_id)
+            await c.store.requests.release_pending_slot(principal.object_id, request_id)
         raise
     if holder is None:
         return
     with suppress(GuardError):
-        await c.store.release_pending_slot(principal.object_id, request_id)
+        await c.store.requests.release_pending_slot(principal.object_id, request_id)
     errors = {"mailbox": "already has a pending request"}
     with suppress(GuardError):  # its id only for those who may see it; when that cannot be told, nobody
-        held = await c.store.get_request(holder)
+        held = await c.store.requests.get(holder)
         if held is not None and await can_view(c, held[0], principal):
             errors["request_id"] = holder
     raise HttpError(409, f"a request for {mailbox.address} is already pending", errors)
@@ -266,9 +264,9 @@ async def _reserve(c: Clients, principal: Principal, mailbox: MailboxState, requ
 async def release_reservations(c: Clients, request: ExceptionRequest) -> None:
     """Give back what a request holds. A lost release is taken over by the next claim."""
     with suppress(GuardError):
-        await c.store.release_mailbox(request.mailbox_guid, request.id)
+        await c.store.requests.release_mailbox(request.mailbox_guid, request.id)
     with suppress(GuardError):
-        await c.store.release_pending_slot(request.requester_id, request.id)
+        await c.store.requests.release_pending_slot(request.requester_id, request.id)
 
 
 def _submission_notices(c: Clients, request: ExceptionRequest, now: datetime) -> list[OutboxItem]:
@@ -322,7 +320,7 @@ async def can_view(c: Clients, request: ExceptionRequest, principal: Principal) 
 async def viewable_request(c: Clients, request_id: str, principal: Principal) -> ExceptionRequest:
     """The request, if this person may see it. Who asks is checked first: anyone who may not see a
     request gets the same 403 whether it exists or not."""
-    loaded = await c.store.get_request(request_id)
+    loaded = await c.store.requests.get(request_id)
     request = loaded[0] if loaded else None
     if request is not None and (principal.object_id == request.requester_id or is_owner(request, principal)):
         return request
@@ -399,7 +397,7 @@ async def decide(
     """Approve or deny once. Raises HttpError for every refusal; changes nothing when refused."""
     if not await is_approver(c, principal):  # before the lookup: a non-approver learns nothing of ids
         raise HttpError(403, "only approvers may decide requests")
-    loaded = await c.store.get_request(request_id)
+    loaded = await c.store.requests.get(request_id)
     if loaded is None:
         raise HttpError(404, "no such request")
     request, etag = loaded
@@ -423,9 +421,9 @@ async def decide(
         exception_expires_at=now + timedelta(days=decision.days) if decision.approve else None,
     )
     try:
-        await c.store.update_request(decided, etag, [_notification(request.id, NotificationKind.DECISION, now)])
+        await c.store.requests.update(decided, etag, [_notification(request.id, NotificationKind.DECISION, now)])
     except RefusedError:
-        current = await c.store.get_request(request_id)
+        current = await c.store.requests.get(request_id)
         status = current[0].status.value if current else "changed"
         raise HttpError(409, f"another approver decided first: the request is {status}", {"status": status}) from None
     await release_reservations(c, request)
@@ -457,7 +455,7 @@ async def granted_exception(c: Clients, request: ExceptionRequest) -> ExceptionR
     """The exception an approved request grants, with the devices of the exception it renews."""
     device = request.vendor
     if request.renews_exception_id:  # adding a device to an existing exception keeps the old ones
-        previous = await c.store.get_exception(request.renews_exception_id)
+        previous = await c.store.exceptions.get(request.renews_exception_id)
         if previous is not None and previous.device and request.vendor not in previous.device:
             device = f"{previous.device}; {request.vendor}"
     return exception_from_request(request, device)
@@ -466,10 +464,10 @@ async def granted_exception(c: Clients, request: ExceptionRequest) -> ExceptionR
 async def _grant(c: Clients, request: ExceptionRequest, principal: Principal, now: datetime) -> DecisionResult:
     record = await granted_exception(c, request)
     try:
-        await c.store.grant_exception(record, principal.object_id)
+        await c.store.exceptions.grant(record, principal.object_id)
     except RefusedError:  # written already (its id is the request's), or a record changed meanwhile
-        if await c.store.get_exception(record.id) is None:
-            await c.store.grant_exception(record, principal.object_id)  # once more; never switch on without it
+        if await c.store.exceptions.get(record.id) is None:
+            await c.store.exceptions.grant(record, principal.object_id)  # once more; never switch on without it
     return await _apply_now(c, request, record, principal, now)
 
 
@@ -490,7 +488,7 @@ async def revoke(c: Clients, exception_id: str, principal: Principal, now: datet
     """End one exception now through the one revoke path; HttpError(502) when SMTP AUTH stays on for now."""
     if not await is_approver(c, principal):
         raise HttpError(403, "only approvers may revoke exceptions")
-    record = await c.store.get_exception(exception_id)
+    record = await c.store.exceptions.get(exception_id)
     if record is None:
         raise HttpError(404, "no such exception")
     if not record.is_active(now):
@@ -503,11 +501,11 @@ async def revoke(c: Clients, exception_id: str, principal: Principal, now: datet
     except RefusedError:
         done = None
     if done is None or not done.revoked:  # superseded or revoked while this ran
-        current = await c.store.get_exception(exception_id)
+        current = await c.store.exceptions.get(exception_id)
         status = current.status.value if current else "gone"
         raise HttpError(409, f"this exception is not active (it is {status})")
-    about = record.id if await c.store.get_request(record.id) else f"exception-{record.id}"
-    await c.store.enqueue(_notification(about, NotificationKind.REVOKED, now, exception_id=record.id))
+    about = record.id if await c.store.requests.get(record.id) else f"exception-{record.id}"
+    await c.store.outbox.enqueue(_notification(about, NotificationKind.REVOKED, now, exception_id=record.id))
     if not done.switched_off:
         raise HttpError(502, f"revoked, but SMTP AUTH could not be switched off now ({done.problem}); {done.next_step}")
     return record

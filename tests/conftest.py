@@ -132,7 +132,7 @@ async def store(app_env: dict[str, str]) -> AsyncIterator[object]:
     """The app's own Store on this test's Azurite account (read back what runs wrote)."""
     from shared.identity import build_credential
     from shared.settings import load_settings
-    from shared.store import Store
+    from shared.storage import Store
 
     settings = load_settings()
     credential = build_credential()
@@ -146,14 +146,14 @@ async def people(
     app_env: dict[str, str], emulator: EmulatorServer, store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[People]:
     """The workflow's people in the emulated tenant, with the platform's settings (Easy Auth on)."""
-    from shared.clients import close_all
+    from shared.bootstrap import close_all
 
     found = add_people(emulator.tenant)
     monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
     monkeypatch.setenv("PUBLIC_BASE_URL", PUBLIC_BASE_URL)
     monkeypatch.setenv("NOTIFY_FROM", found.notify.primary_smtp_address)
     monkeypatch.setenv("APPROVER_GROUP_ID", found.group_id)
-    await store.initialise(emulator.tenant.tenant_id, "test")
+    await store.state.initialise(emulator.tenant.tenant_id, "test")
     yield found
     await close_all()
 
@@ -162,10 +162,10 @@ async def people(
 def site(
     app_env: dict[str, str], emulator: EmulatorServer, storage: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Site]:
-    from shared.clients import close_all
+    from shared.bootstrap import close_all
     from shared.identity import build_credential
     from shared.settings import load_settings
-    from shared.store import Store
+    from shared.storage import Store
 
     people = add_people(emulator.tenant)
     port = free_port()
@@ -177,7 +177,7 @@ def site(
     async def install() -> None:
         credential = build_credential()
         async with Store.from_config(load_settings().storage, credential) as store:
-            await store.initialise(emulator.tenant.tenant_id, "test")
+            await store.state.initialise(emulator.tenant.tenant_id, "test")
         await credential.close()
 
     run_async(install())

@@ -108,11 +108,11 @@ def test_request_and_approve_in_two_browsers(site: Site, browser: Any, emulator:
     async def audit_rows() -> list[dict[str, Any]]:
         from shared.identity import build_credential
         from shared.settings import load_settings
-        from shared.store import Store
+        from shared.storage import Store
 
         credential = build_credential()
         async with Store.from_config(load_settings().storage, credential) as store:
-            rows = await store.list_audit(f"approval-{request_id}")
+            rows = await store.audit.of_run(f"approval-{request_id}")
         await credential.close()
         return rows
 
@@ -173,7 +173,7 @@ def test_a_planted_cookie_posted_through_a_redirect_does_not_revoke(
     async def grant() -> Any:
         from shared.identity import build_credential
         from shared.settings import load_settings
-        from shared.store import Store
+        from shared.storage import Store
 
         credential = build_credential()
         async with Store.from_config(load_settings().storage, credential) as store:
@@ -184,11 +184,11 @@ def test_a_planted_cookie_posted_through_a_redirect_does_not_revoke(
     async def status_of(exception_id: str) -> Any:
         from shared.identity import build_credential
         from shared.settings import load_settings
-        from shared.store import Store
+        from shared.storage import Store
 
         credential = build_credential()
         async with Store.from_config(load_settings().storage, credential) as store:
-            found = await store.get_exception(exception_id)
+            found = await store.exceptions.get(exception_id)
         await credential.close()
         return found.status
 

@@ -12,7 +12,7 @@ from emulator.server import EmulatorServer
 from emulator.tenant import Tenant
 from shared.records import PlanStatus, RunOutcome, RunSummary
 from shared.settings import EnforcementMode, load_settings
-from shared.store import Store
+from shared.storage import Store
 from shared.sweep import SweepRequest, run_sweep
 from tests.workflow_support import grant_as_admin
 
@@ -25,7 +25,7 @@ async def sweep(mode: str | None = None, *, full: bool = True, confirm: str | No
 
 
 async def install(store: Store, tenant_id: str) -> None:
-    await store.initialise(tenant_id, "test")
+    await store.state.initialise(tenant_id, "test")
 
 
 def set_calls(emulator: EmulatorServer) -> int:
@@ -47,12 +47,12 @@ async def test_report_mode_changes_nothing_and_stores_the_plan(emulator: Emulato
     assert set_calls(emulator) == 0
     assert states(emulator.tenant) == before
     assert summary.scanned == len(before)
-    loaded = await store.load_plan(summary.plan_id)
+    loaded = await store.plans.load(summary.plan_id)
     assert loaded is not None
     plan, _ = loaded
     assert plan.status is PlanStatus.REPORTED
     assert {c.guid for c in plan.changes} == expected
-    audit = await store.list_audit(summary.run_id)
+    audit = await store.audit.of_run(summary.run_id)
     assert [row["RowKey"] for row in audit] == ["summary"]  # a report run writes no change rows
     assert audit[0]["Outcome"] == "reported"
 
@@ -73,7 +73,7 @@ async def test_enforce_reaches_exactly_the_desired_state(emulator: EmulatorServe
     after = states(tenant)
     assert after == {g: (g != excepted.guid) for g in before}
     assert tenant.org_smtp_client_authentication_disabled == org_before
-    audit = {row["MailboxGuid"]: row for row in await store.list_audit(summary.run_id) if row["RowKey"] != "summary"}
+    audit = {row["MailboxGuid"]: row for row in await store.audit.of_run(summary.run_id) if row["RowKey"] != "summary"}
     assert set(audit) == planned
     assert summary.applied == len(planned)
     for guid, row in audit.items():
@@ -139,7 +139,7 @@ async def test_missing_marker_refuses_without_any_change(emulator: EmulatorServe
 
 
 async def test_marker_for_another_tenant_refuses(emulator: EmulatorServer, store: Store) -> None:
-    await store.initialise("99999999-9999-9999-9999-999999999999", "someone else")
+    await store.state.initialise("99999999-9999-9999-9999-999999999999", "someone else")
     summary = await sweep("enforce")
     assert summary.outcome is RunOutcome.REFUSED
     assert "names tenant 99999999" in summary.message
@@ -276,7 +276,7 @@ async def test_an_approval_or_revocation_during_the_listing_is_not_undone(
     # sweep lists, the sweep's earlier read of the exceptions must not turn the mailbox back.
     from azure.data.tables import TableClient, UpdateMode
 
-    from shared.store import EXCEPTIONS_TABLE
+    from shared.storage.tables import EXCEPTIONS_TABLE
 
     tenant = emulator.tenant
     await install(store, tenant.tenant_id)
@@ -368,6 +368,6 @@ async def test_an_unforeseen_failure_while_applying_stops_the_run_and_loses_no_a
     assert "stopped by error (BrokenPipeError" in summary.message
     changed = {g for g, v in states(emulator.tenant).items() if v != before[g]}
     assert changed and summary.applied == len(changed) and summary.remaining > 0
-    audit = await store.list_audit(summary.run_id)
+    audit = await store.audit.of_run(summary.run_id)
     assert {row["MailboxGuid"] for row in audit if "MailboxGuid" in row} == changed  # every change recorded
-    assert (await store.sweep_state("enforce")).full_pending  # the next run lists everything again
+    assert (await store.state.sweep_state("enforce")).full_pending  # the next run lists everything again

@@ -12,7 +12,8 @@ from azure.data.tables.aio import TableClient
 from emulator.server import EmulatorServer
 from shared.errors import RefusedError
 from shared.reconcile import AuthMethod, ExceptionRecord, ExceptionStatus
-from shared.store import EXCEPTIONS_TABLE, Store
+from shared.storage import Store
+from shared.storage.tables import EXCEPTIONS_TABLE
 
 GUID = "6f1c2b7e-0000-4000-8000-00000000beef"
 
@@ -43,11 +44,11 @@ async def _rows(storage: str) -> dict[str, dict[str, Any]]:
 
 
 async def test_a_superseded_record_keeps_its_creator(store: Store, storage: str) -> None:
-    await store.initialise("tenant", "test")
+    await store.state.initialise("tenant", "test")
     now = datetime.now(UTC)
     first, second = _record(now - timedelta(hours=1)), _record(now)
-    await store.grant_exception(first, created_by="alice")
-    superseded = await store.grant_exception(second, created_by="bob")
+    await store.exceptions.grant(first, created_by="alice")
+    superseded = await store.exceptions.grant(second, created_by="bob")
     assert [r.id for r in superseded] == [first.id]
     rows = await _rows(storage)
     assert rows[first.id]["Status"] == "superseded" and rows[first.id]["CreatedBy"] == "alice"
@@ -55,27 +56,27 @@ async def test_a_superseded_record_keeps_its_creator(store: Store, storage: str)
 
 
 async def test_an_older_grant_never_supersedes_a_newer_one(store: Store, storage: str) -> None:
-    await store.initialise("tenant", "test")
+    await store.state.initialise("tenant", "test")
     now = datetime.now(UTC)
     newer, late_repair = _record(now), _record(now - timedelta(days=2))
-    await store.grant_exception(newer, created_by="bob")
-    assert await store.grant_exception(late_repair, created_by="repair") == []
+    await store.exceptions.grant(newer, created_by="bob")
+    assert await store.exceptions.grant(late_repair, created_by="repair") == []
     rows = await _rows(storage)
     assert rows[newer.id]["Status"] == "approved"
     assert rows[late_repair.id]["Status"] == "superseded"  # kept as history, never active
 
 
 async def test_a_renewal_racing_a_revocation_ends_in_one_consistent_state(store: Store, storage: str) -> None:
-    await store.initialise("tenant", "test")
+    await store.state.initialise("tenant", "test")
     for round_ in range(6):
         now = datetime.now(UTC)
-        await store.revoke_exceptions(GUID, "cleanup", now)
+        await store.exceptions.revoke(GUID, "cleanup", now)
         current = _record(now - timedelta(minutes=1))
-        await store.grant_exception(current, created_by="admin")
+        await store.exceptions.grant(current, created_by="admin")
         renewal = _record(now)
         results = await asyncio.gather(
-            store.grant_exception(renewal, created_by="approver"),
-            store.revoke_exceptions(GUID, "admin", now),
+            store.exceptions.grant(renewal, created_by="approver"),
+            store.exceptions.revoke(GUID, "admin", now),
             return_exceptions=True,
         )
         assert all(not isinstance(r, BaseException) or isinstance(r, RefusedError) for r in results), results

@@ -15,7 +15,8 @@ from emulator.server import EmulatorServer
 from emulator.tenant import Tenant
 from shared.records import RunOutcome, RunSummary
 from shared.settings import EnforcementMode, load_settings
-from shared.store import STATE_TABLE, Store
+from shared.storage import Store
+from shared.storage.tables import STATE_TABLE
 from shared.sweep import SweepRequest, run_sweep
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -27,7 +28,7 @@ async def sweep(*, full: bool = False, mode: str = "enforce", **kw: Any) -> RunS
 
 async def enforced_tenant(emulator: EmulatorServer, store: Store) -> None:
     """Installed, and one full enforce run done: the watermark is set and every mailbox is desired."""
-    await store.initialise(emulator.tenant.tenant_id, "test")
+    await store.state.initialise(emulator.tenant.tenant_id, "test")
     first = await sweep(full=True)
     assert first.outcome is RunOutcome.COMPLETED, first.message
     emulator.calllog.clear()
@@ -87,21 +88,21 @@ async def test_hand_made_drift_is_reverted_by_the_next_incremental_run(emulator:
 
 async def test_persistent_failure_keeps_the_watermark_and_heals(emulator: EmulatorServer, store: Store) -> None:
     await enforced_tenant(emulator, store)
-    watermark = (await store.sweep_state("enforce")).watermark
+    watermark = (await store.state.sweep_state("enforce")).watermark
     new = add_new_mailboxes(emulator.tenant)
     emulator.faults.configure(failing_cmdlets={"Set-CASMailbox": 400})
 
     failed = await sweep()
 
     assert failed.outcome is RunOutcome.PARTIAL
-    assert (await store.sweep_state("enforce")).watermark == watermark
+    assert (await store.state.sweep_state("enforce")).watermark == watermark
     emulator.faults.reset()
 
     healed = await sweep()
 
     assert healed.outcome is RunOutcome.COMPLETED, healed.message
     assert all(emulator.tenant.find(g).smtp_client_authentication_disabled is True for g in new.values())
-    assert (await store.sweep_state("enforce")).watermark > watermark
+    assert (await store.state.sweep_state("enforce")).watermark > watermark
 
 
 async def test_time_budget_stops_cleanly_and_the_next_run_finishes(
@@ -137,7 +138,7 @@ async def test_time_budget_stops_cleanly_and_the_next_run_finishes(
 async def test_a_stopped_full_run_makes_the_next_sweep_full(
     emulator: EmulatorServer, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await store.initialise(emulator.tenant.tenant_id, "test")
+    await store.state.initialise(emulator.tenant.tenant_id, "test")
     for i in range(120):
         emulator.tenant.add_mailbox(f"bulk.user{i}", smtp=None)
     emulator.faults.configure(latency_ms=250)  # 12 batches: about 3 s of work for a 2 s budget
@@ -145,7 +146,7 @@ async def test_a_stopped_full_run_makes_the_next_sweep_full(
     monkeypatch.setenv("SWEEP_TIME_BUDGET_SECONDS", "2")
     stopped = await sweep(full=True)
     assert stopped.outcome is RunOutcome.PARTIAL
-    assert (await store.sweep_state("enforce")).full_pending
+    assert (await store.state.sweep_state("enforce")).full_pending
     assert "listing alone took" not in stopped.message  # it did apply some: no stall to explain
 
     # A listing that eats the whole budget applies nothing, run after run: the run says what to raise.
@@ -162,7 +163,7 @@ async def test_a_stopped_full_run_makes_the_next_sweep_full(
     assert resumed.full
     assert resumed.outcome is RunOutcome.COMPLETED, resumed.message
     assert all(m.smtp_client_authentication_disabled is True for m in emulator.tenant.snapshot())
-    assert not (await store.sweep_state("enforce")).full_pending
+    assert not (await store.state.sweep_state("enforce")).full_pending
 
 
 async def test_two_sweeps_at_once_make_exactly_one_run(emulator: EmulatorServer, store: Store) -> None:
@@ -203,17 +204,17 @@ async def test_an_expired_lease_from_a_killed_run_is_taken_over(
 async def test_a_live_run_keeps_its_lease_however_long_it_takes(emulator: EmulatorServer, store: Store) -> None:
     from shared.errors import RefusedError
 
-    await store.initialise(emulator.tenant.tenant_id, "test")
+    await store.state.initialise(emulator.tenant.tenant_id, "test")
 
     def clock() -> datetime:
         return datetime.now(UTC)
 
-    async with store.lease("long-run", timedelta(seconds=0.9), clock):
+    async with store.state.lease("long-run", timedelta(seconds=0.9), clock):
         await asyncio.sleep(1.5)  # longer than the lease: it must have been renewed meanwhile
         with pytest.raises(RefusedError, match="long-run"):
-            async with store.lease("overlapping-run", timedelta(seconds=0.9), clock):
+            async with store.state.lease("overlapping-run", timedelta(seconds=0.9), clock):
                 pass
-    async with store.lease("next-run", timedelta(seconds=0.9), clock):
+    async with store.state.lease("next-run", timedelta(seconds=0.9), clock):
         pass  # released at the end, so the next run goes ahead
 
 
@@ -232,7 +233,7 @@ async def test_an_exception_granted_or_revoked_between_runs_is_applied_by_the_ne
     assert granted.outcome is RunOutcome.COMPLETED and granted.applied == 1, granted.message
     assert emulator.tenant.find(target.guid).smtp_client_authentication_disabled is False
 
-    await store.revoke_exceptions(target.guid, "admin", datetime.now(UTC))  # storage only
+    await store.exceptions.revoke(target.guid, "admin", datetime.now(UTC))  # storage only
     revoked = await sweep()
     assert revoked.outcome is RunOutcome.COMPLETED and revoked.applied == 1, revoked.message
     assert emulator.tenant.find(target.guid).smtp_client_authentication_disabled is True

@@ -17,7 +17,7 @@ from itsdangerous import URLSafeTimedSerializer
 from yarl import URL
 
 from emulator.server import EmulatorServer
-from shared.store import Store
+from shared.storage import Store
 from shared.workflow_records import NotificationKind, RequestStatus
 from tests.test_workflow import (
     open_approval,
@@ -35,7 +35,7 @@ def _form_post(user: Any, fields: dict[str, str], cookie: str, **headers: str) -
 
 
 async def _pending(store: Store) -> list[Any]:
-    return await store.query_requests("Status eq @s", {"s": "pending"})
+    return await store.requests.query("Status eq @s", {"s": "pending"})
 
 
 # -- 1. CSRF --------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ async def test_a_planted_cookie_and_another_users_token_are_refused(people: Peop
 
 
 async def test_an_expired_token_is_refused(people: People, store: Store) -> None:
-    secret = await store.csrf_secret()  # the install's key, as a token signed 9 hours ago used it
+    secret = await store.state.csrf_secret()  # the install's key, as a token signed 9 hours ago used it
 
     class NineHoursAgo(URLSafeTimedSerializer):
         pass
@@ -112,8 +112,8 @@ async def test_the_csrf_key_is_made_once_by_an_insert_that_every_worker_agrees_o
     credential = build_credential()
     stores = [Store.from_config(settings.storage, credential) for _ in range(4)]
     try:
-        await stores[0].initialise("tenant", "test")
-        keys = await asyncio.gather(*(s.csrf_secret() for s in stores))
+        await stores[0].state.initialise("tenant", "test")
+        keys = await asyncio.gather(*(s.state.csrf_secret() for s in stores))
     finally:
         for s in stores:
             await s.close()
@@ -173,7 +173,7 @@ async def test_an_approver_cannot_decide_for_their_own_mailbox_or_one_they_own(
     form_page = await call("exception_form", "GET", "/api/exceptions/new", user=approver)  # for a CSRF token
     refused = await post_decision(people, mine, form_page, link)
     assert refused.status == 403 and "you cannot approve a request for your own mailbox" in refused.text
-    assert (await store.get_request(mine))[0].status is RequestStatus.PENDING
+    assert (await store.requests.get(mine))[0].status is RequestStatus.PENDING
 
     owned = await submit_form(people, valid_request(people.printer.primary_smtp_address, approver.primary_smtp_address))
     assert owned.status == 303, owned.text
@@ -182,7 +182,7 @@ async def test_an_approver_cannot_decide_for_their_own_mailbox_or_one_they_own(
     assert "a mailbox you own" in page.text
     refused = await post_decision(people, owned_id, form_page, link)
     assert refused.status == 403 and "you cannot approve a request for a mailbox you own" in refused.text
-    assert (await store.get_request(owned_id))[0].status is RequestStatus.PENDING
+    assert (await store.requests.get(owned_id))[0].status is RequestStatus.PENDING
     # Another approver may.
     page, link = await open_approval(people, emulator, owned_id, user=people.second_approver)
     decided = await post_decision(people, owned_id, page, link, user=people.second_approver)
@@ -383,16 +383,16 @@ async def counted_storage(app_env: dict[str, str], monkeypatch: pytest.MonkeyPat
 async def test_a_burst_of_health_probes_costs_one_storage_read_and_one_credential(
     people: People, counted_storage: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shared.clients
+    import shared.bootstrap
 
     built: list[object] = []
-    real = shared.clients.build_credential
+    real = shared.bootstrap.build_credential
 
     def counting() -> Any:
         built.append(object())
         return real()
 
-    monkeypatch.setattr(shared.clients, "build_credential", counting)
+    monkeypatch.setattr(shared.bootstrap, "build_credential", counting)
     answers = await asyncio.gather(*(call("health", "GET", "/api/health") for _ in range(25)))
     answers += [await call("health", "GET", "/api/health") for _ in range(25)]
     assert [a.status for a in answers] == [200] * 50, answers[0].text
@@ -439,7 +439,7 @@ async def test_the_mailboxs_user_is_told_when_someone_else_asks(
     assert "asked for SMTP AUTH on your mailbox" in str(to_outsider[0].get("subject"))
     to_requester = [m for m in emulator.tenant.sent_mail if people.requester.primary_smtp_address in str(m.get("to"))]
     assert not any("your mailbox" in str(m.get("subject")) for m in to_requester)
-    kinds = {item.kind for item, _ in await store.due_notifications(datetime.now(UTC) + timedelta(days=1))}
+    kinds = {item.kind for item, _ in await store.outbox.due(datetime.now(UTC) + timedelta(days=1))}
     assert NotificationKind.MAILBOX_NOTICE not in kinds  # sent, not left pending
 
 

@@ -18,7 +18,7 @@ import pytest
 from emulator.server import EmulatorServer
 from shared.errors import DailyLimitError
 from shared.reconcile import AuthMethod
-from shared.store import Store
+from shared.storage import Store
 from shared.workflow_records import (
     AlternativesReason,
     ExceptionRequest,
@@ -41,7 +41,7 @@ XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 async def send_outbox(now: datetime | None = None) -> Any:
-    from shared.clients import clients
+    from shared.bootstrap import clients
     from shared.notifications import send_due
 
     return await send_due(await clients(), now)
@@ -115,7 +115,7 @@ async def test_request_to_approval_switches_smtp_auth_on(
 ) -> None:
     tenant = emulator.tenant
     request_id = await submitted_request(people)
-    loaded = await store.get_request(request_id)
+    loaded = await store.requests.get(request_id)
     assert loaded is not None and loaded[0].status is RequestStatus.PENDING
 
     page, link = await open_approval(people, emulator, request_id)
@@ -130,11 +130,11 @@ async def test_request_to_approval_switches_smtp_auth_on(
 
     assert decided.status == 200, decided.text
     assert tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
-    exception = await store.get_exception(request_id)
+    exception = await store.exceptions.get(request_id)
     assert exception is not None and exception.is_active(datetime.now(UTC))
     assert exception.approved_by == people.approver.external_directory_object_id
     assert timedelta(days=19) < exception.expires_at - datetime.now(UTC) <= timedelta(days=20)
-    audit = await store.list_audit(f"approval-{request_id}")
+    audit = await store.audit.of_run(f"approval-{request_id}")
     assert [(row["MailboxGuid"], row["Before"], row["After"], row["Reason"]) for row in audit] == [
         (people.printer.guid, "true", "false", "exception")
     ]
@@ -197,18 +197,18 @@ async def test_forged_replayed_expired_and_foreign_tokens_are_refused(
     assert in_query.status == 403  # a code in a URL is never taken: URLs end up in logs
     second = await submitted_request(people, mailbox=people.outsider.primary_smtp_address)
     assert await post(second, token_of_first) == 403  # another request's token
-    assert (await store.get_request(second))[0].status is RequestStatus.PENDING
+    assert (await store.requests.get(second))[0].status is RequestStatus.PENDING
 
     assert await post(first, token_of_first) == 200
     assert await post(first, token_of_first) == 409  # replay: already decided, and the token is spent
 
     await send_outbox()
     link_second = approval_link(emulator.tenant, second)
-    request, etag = await store.get_request(second)
+    request, etag = await store.requests.get(second)
     request.expires_at = datetime.now(UTC) - timedelta(minutes=1)
-    await store.update_request(request, etag)
+    await store.requests.update(request, etag)
     assert await post(second, link_second.split("token=", 1)[1]) == 403  # expired
-    assert (await store.get_request(second))[0].status is RequestStatus.PENDING
+    assert (await store.requests.get(second))[0].status is RequestStatus.PENDING
     lapsed = await call("approval_page", "GET", link_second, user=people.approver, route_params={"id": second})
     assert lapsed.status == 200 and "lapsed" in lapsed.text and 'name="decision"' not in lapsed.text
 
@@ -248,7 +248,7 @@ async def test_only_group_approvers_decide_and_never_their_own_request(
     assert "You cannot approve your own request" in own_page.text
     refused = await post_decision(people, own_id, page, own_link)  # the approver tries their own request
     assert refused.status == 403
-    assert (await store.get_request(own_id))[0].status is RequestStatus.PENDING
+    assert (await store.requests.get(own_id))[0].status is RequestStatus.PENDING
     assert set_calls(emulator) == 0
 
 
@@ -257,7 +257,7 @@ async def test_get_head_and_scanner_prefetch_change_nothing(
 ) -> None:
     request_id = await submitted_request(people)
     _, link = await open_approval(people, emulator, request_id)
-    before = await store.get_request(request_id)
+    before = await store.requests.get(request_id)
     for method in ("GET", "HEAD", "GET"):
         response = await call(
             "approval_page",
@@ -269,7 +269,7 @@ async def test_get_head_and_scanner_prefetch_change_nothing(
         )
         assert response.status == 200
     # A scanner without a signed-in session never reaches the app behind Easy Auth; with one, it still only reads.
-    after = await store.get_request(request_id)
+    after = await store.requests.get(request_id)
     assert after[0] == before[0]
     assert set_calls(emulator) == 0
 
@@ -368,7 +368,7 @@ async def test_bad_bodies_get_4xx_with_field_messages(people: People, store: Sto
     assert 'id="vendor-error"' in form.text and 'aria-invalid="true"' in form.text
     unknown = await submit_json(people, mailbox="ghost@contoso.onmicrosoft.com")
     assert unknown.status == 422 and "mailbox" in unknown.json()["errors"]
-    assert await store.query_requests("Status eq @s", {"s": "pending"}) == []
+    assert await store.requests.query("Status eq @s", {"s": "pending"}) == []
 
 
 async def test_cross_site_form_post_without_csrf_token_is_refused(people: People, store: Store) -> None:
@@ -387,7 +387,7 @@ async def test_cross_site_form_post_without_csrf_token_is_refused(people: People
         headers={"origin": "https://evil.example"},
     )
     assert cross_site.status == 403
-    assert await store.query_requests("Status eq @s", {"s": "pending"}) == []
+    assert await store.requests.query("Status eq @s", {"s": "pending"}) == []
 
 
 async def test_a_malformed_neighbour_cookie_does_not_break_csrf(people: People) -> None:
@@ -415,8 +415,8 @@ async def test_duplicate_pending_request_gets_409_with_a_link(people: People) ->
 
 async def test_a_lapsed_request_does_not_hold_its_mailbox(people: People, store: Store) -> None:
     first = await submitted_request(people)
-    request, etag = await store.get_request(first)
-    await store.update_request(replace(request, expires_at=datetime.now(UTC) - timedelta(minutes=1)), etag)
+    request, etag = await store.requests.get(first)
+    await store.requests.update(replace(request, expires_at=datetime.now(UTC) - timedelta(minutes=1)), etag)
     # Still "pending" until the daily lifecycle run marks it expired, but nobody can approve it now.
     second = await submitted_request(people)
     assert second != first
@@ -493,7 +493,7 @@ async def test_revoke_switches_smtp_auth_off_again(people: People, emulator: Emu
     )
     assert revoked.status == 200, revoked.text
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is True
-    audit = await store.list_audit(f"revoke-{request_id}")
+    audit = await store.audit.of_run(f"revoke-{request_id}")
     assert [(r["Before"], r["After"]) for r in audit] == [("false", "true")]
 
 
@@ -503,7 +503,7 @@ async def test_revoke_switches_smtp_auth_off_again(people: People, emulator: Emu
 async def test_expired_exception_is_revoked_by_the_reconcile_and_the_owner_told(
     people: People, emulator: EmulatorServer, store: Store
 ) -> None:
-    from shared.clients import clients
+    from shared.bootstrap import clients
     from shared.lifecycle import run_lifecycle
     from shared.settings import EnforcementMode, load_settings
     from shared.sweep import SweepRequest, run_sweep
@@ -555,13 +555,13 @@ async def test_notifications_survive_graph_being_down(people: People, emulator: 
 
 
 async def test_pending_requests_lapse(people: People, emulator: EmulatorServer, store: Store) -> None:
-    from shared.clients import clients
+    from shared.bootstrap import clients
     from shared.lifecycle import run_lifecycle
 
     request_id = await submitted_request(people)
     report = await run_lifecycle(await clients(), datetime.now(UTC) + timedelta(days=15))
     assert report.requests_expired == 1
-    assert (await store.get_request(request_id))[0].status is RequestStatus.EXPIRED
+    assert (await store.requests.get(request_id))[0].status is RequestStatus.EXPIRED
 
 
 async def test_health_is_anonymous_and_names_a_bad_setting(people: People, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -593,7 +593,7 @@ async def test_teams_card_goes_out_when_configured(
 async def test_two_simultaneous_requests_for_one_mailbox_make_one_pending(people: People, store: Store) -> None:
     results = await asyncio.gather(*(submit_json(people, user=user) for user in (people.requester, people.outsider)))
     assert sorted(r.status for r in results) == [201, 409]
-    pending = await store.query_requests("Status eq @s", {"s": "pending"})
+    pending = await store.requests.query("Status eq @s", {"s": "pending"})
     assert len(pending) == 1
 
 
@@ -604,18 +604,20 @@ async def test_a_decided_request_frees_its_mailbox(people: People, emulator: Emu
     assert second.status == 201, second.text
 
 
-async def test_a_lost_reservation_release_is_taken_over(people: People, store: Store) -> None:
-    from shared.store import PENDING_PARTITION, WORKFLOW_TABLE
+async def test_a_lost_reservation_release_is_taken_over(people: People, store: Store, storage: str) -> None:
+    from azure.data.tables.aio import TableClient
+
+    from shared.storage.tables import PENDING_PARTITION, WORKFLOW_TABLE
 
     first = await submitted_request(people)
-    request, etag = await store.get_request(first)
+    request, etag = await store.requests.get(first)
     request.status = RequestStatus.DENIED  # decided, but its mailbox reservation was never released
-    await store.update_request(request, etag)
-    table = store._table(WORKFLOW_TABLE)
-    assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == first
-    again = await submit_json(people)
-    assert again.status == 201, again.text
-    assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == again.json()["id"]
+    await store.requests.update(request, etag)
+    async with TableClient.from_connection_string(storage, WORKFLOW_TABLE) as table:
+        assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == first
+        again = await submit_json(people)
+        assert again.status == 201, again.text
+        assert (await table.get_entity(PENDING_PARTITION, people.printer.guid))["RequestId"] == again.json()["id"]
 
 
 async def test_renewal_adds_a_device_and_supersedes_the_old_exception(
@@ -627,7 +629,7 @@ async def test_renewal_adds_a_device_and_supersedes_the_old_exception(
     renewal = await submitted_request(people, vendor="Canon iR-ADV C5535", renews=first, days="60")
     await decide_through_the_link(people, emulator, renewal)
 
-    old, new = await store.get_exception(first), await store.get_exception(renewal)
+    old, new = await store.exceptions.get(first), await store.exceptions.get(renewal)
     assert old is not None and old.status.value == "superseded"
     assert new is not None and new.is_active(datetime.now(UTC))
     assert new.device == "Ricoh IM C3000; Canon iR-ADV C5535"
@@ -671,22 +673,22 @@ async def store_or_limit(store: Store, requester: str, at: datetime, limit: int)
     """'stored' or 'limit'; a request refused at the limit must leave nothing behind."""
     request, notify = stored_request(requester, at)
     try:
-        await store.create_request(request, notify, limit)
+        await store.requests.create(request, notify, limit)
     except DailyLimitError:
-        assert await store.get_request(request.id) is None
+        assert await store.requests.get(request.id) is None
         return "limit"
     return "stored"
 
 
 async def notices_of(store: Store, requester: str, now: datetime) -> list[OutboxItem]:
-    return [item for item, _ in await store.due_notifications(now) if item.requester_id == requester]
+    return [item for item, _ in await store.outbox.due(now) if item.requester_id == requester]
 
 
 async def test_the_daily_rate_is_a_slot_per_request_per_utc_day(store: Store, app_env: dict[str, str]) -> None:
     from shared.identity import build_credential
     from shared.settings import load_settings
 
-    await store.initialise("tenant-for-this-test", "test")
+    await store.state.initialise("tenant-for-this-test", "test")
     day_end = datetime(2026, 11, 27, 23, 59, 30, tzinfo=UTC)
     alice, bob, carol = (str(uuid.uuid4()) for _ in range(3))
 
@@ -710,8 +712,8 @@ async def test_the_daily_rate_is_a_slot_per_request_per_utc_day(store: Store, ap
     assert sorted(item.daily_slot for item in await notices_of(store, carol, later)) == [0, 1, 2]
 
     # The sender finds notices in their slots, and marking one sent keeps its row, so it still counts.
-    sent, ref = next((i, r) for i, r in await store.due_notifications(later) if i.requester_id == carol)
-    await store.save_notification(replace(sent, status=OutboxStatus.SENT, sent_at=later), ref)
+    sent, ref = next((i, r) for i, r in await store.outbox.due(later) if i.requester_id == carol)
+    await store.outbox.save(replace(sent, status=OutboxStatus.SENT, sent_at=later), ref)
     assert len(await notices_of(store, carol, later)) == 2
     assert await store_or_limit(store, carol, day_end, limit=3) == "limit"
 
@@ -729,16 +731,16 @@ async def test_a_member_of_a_nested_approver_group_gets_the_mail_and_may_decide(
         m.primary_smtp_address.lower() for m in (people.approver, people.second_approver, people.outsider)
     )
     await decide_through_the_link(people, emulator, request_id, user=people.outsider)
-    assert (await store.get_request(request_id))[0].status is RequestStatus.APPROVED
+    assert (await store.requests.get(request_id))[0].status is RequestStatus.APPROVED
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
 
 
 async def test_outbox_rows_from_earlier_layouts_are_sent_and_marked_sent_once(store: Store, storage: str) -> None:
     from azure.data.tables.aio import TableClient
 
-    from shared.store import WORKFLOW_TABLE
+    from shared.storage.tables import WORKFLOW_TABLE
 
-    await store.initialise("tenant-for-this-test", "test")
+    await store.state.initialise("tenant-for-this-test", "test")
     about, request_id, requester, now = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), datetime.now(UTC)
     pending = {"Status": "pending", "CreatedAt": now, "NextAttemptAt": now, "Attempts": 0}
     # No `About` column: it lived beside what it was about.
@@ -750,12 +752,12 @@ async def test_outbox_rows_from_earlier_layouts_are_sent_and_marked_sent_once(st
     async with TableClient.from_connection_string(storage, WORKFLOW_TABLE) as table:
         await table.create_entity(revoked)
         await table.create_entity(approval)
-        due = {item.about: (item, ref) for item, ref in await store.due_notifications(now)}
+        due = {item.about: (item, ref) for item, ref in await store.outbox.due(now)}
         assert due[about][0].kind is NotificationKind.REVOKED
         assert due[request_id][0].kind is NotificationKind.APPROVAL_REQUEST
         for item, ref in due.values():
-            await store.save_notification(replace(item, status=OutboxStatus.SENT, sent_at=now), ref)
-        assert await store.due_notifications(now) == []  # marked sent where they are, so never sent again
+            await store.outbox.save(replace(item, status=OutboxStatus.SENT, sent_at=now), ref)
+        assert await store.outbox.due(now) == []  # marked sent where they are, so never sent again
         rows = [e async for e in table.list_entities()]
     assert sorted(e["RowKey"] for e in rows if e["RowKey"].startswith("outbox-")) == sorted(
         ["outbox-revoked", timed_key]
@@ -765,14 +767,14 @@ async def test_outbox_rows_from_earlier_layouts_are_sent_and_marked_sent_once(st
 async def test_a_request_that_cannot_be_stored_leaves_no_notice_behind(store: Store) -> None:
     from shared.errors import StoreError
 
-    await store.initialise("tenant-for-this-test", "test")
+    await store.state.initialise("tenant-for-this-test", "test")
     now, requester = datetime.now(UTC), str(uuid.uuid4())
     request, notify = stored_request(requester, now)
-    await store.create_request(request, notify, 2)
+    await store.requests.create(request, notify, 2)
     # The same request id again: its request row exists, so the second store fails after its notice.
     again = [replace(notify[0], created_at=now + timedelta(seconds=1))]
     with pytest.raises(StoreError):
-        await store.create_request(request, again, 2)
+        await store.requests.create(request, again, 2)
     assert [item.created_at for item in await notices_of(store, requester, now + timedelta(seconds=2))] == [now]
     # Its slot was given back: the requester's second request of the day still fits under a limit of 2.
     assert await store_or_limit(store, requester, now, limit=2) == "stored"
@@ -845,21 +847,21 @@ async def test_an_approval_notice_written_ahead_of_its_request_waits_for_it(
     now = datetime.now(UTC)
     request, notify = stored_request(people.requester.external_directory_object_id, now)
     request = replace(request, mailbox_guid=people.printer.guid, mailbox_address=people.printer.primary_smtp_address)
-    assert await store.enqueue(notify[0])
+    assert await store.outbox.enqueue(notify[0])
 
     early = await send_outbox(now)
     assert (early.sent, early.failed, early.skipped) == (0, 1, 0)
-    (waiting,) = [item for item, _ in await store.due_notifications(now + timedelta(minutes=1))]
+    (waiting,) = [item for item, _ in await store.outbox.due(now + timedelta(minutes=1))]
     assert waiting.status is OutboxStatus.PENDING and "not stored yet" in waiting.last_error
 
-    await store.create_request(request, [], 10)  # the request row lands
+    await store.requests.create(request, [], 10)  # the request row lands
     later = await send_outbox(now + timedelta(minutes=1))
     assert (later.sent, later.failed) == (1, 0)
     assert approval_link(emulator.tenant, request.id)
 
     # A notice whose request never appears is dropped once the submission counts as failed.
     orphan = OutboxItem(str(uuid.uuid4()), NotificationKind.APPROVAL_REQUEST, OutboxStatus.PENDING, now, now)
-    assert await store.enqueue(orphan)
+    assert await store.outbox.enqueue(orphan)
     dropped = await send_outbox(now + timedelta(minutes=10))
     assert (dropped.sent, dropped.skipped) == (0, 1)
 
@@ -878,7 +880,7 @@ async def test_no_basic_exception_runs_past_the_retirement_date_even_when_approv
     too_long = await post_decision(people, request_id, page, link, days="30")
     assert too_long.status == 400 and "an approver may shorten, not extend" in html.unescape(too_long.text)
     assert (await post_decision(people, request_id, page, link)).status == 200
-    granted = await store.get_exception(request_id)
+    granted = await store.exceptions.get(request_id)
     assert granted is not None and granted.expires_at <= datetime.combine(retirement, datetime.min.time(), UTC)
 
     # On the retirement date itself a pending Basic request can only be denied.
@@ -890,7 +892,7 @@ async def test_no_basic_exception_runs_past_the_retirement_date_even_when_approv
     refused = await post_decision(people, second, page, link)
     assert refused.status == 400 and "can only be denied" in refused.text
     assert (await post_decision(people, second, page, link, decision="deny", comment="Basic is retired")).status == 200
-    assert (await store.get_request(second))[0].status is RequestStatus.DENIED
+    assert (await store.requests.get(second))[0].status is RequestStatus.DENIED
 
 
 async def test_graph_unreachable_fails_softly(
@@ -903,7 +905,7 @@ async def test_graph_unreachable_fails_softly(
     monkeypatch.setenv("GRAPH_ENDPOINT", f"https://127.0.0.1:{free_port()}")
     report = await send_outbox()
     assert (report.sent, report.failed) == (0, 2)  # the approvers' mail and the mailbox's notice
-    waiting = [item for item, _ in await store.due_notifications(datetime.now(UTC) + timedelta(hours=1))]
+    waiting = [item for item, _ in await store.outbox.due(datetime.now(UTC) + timedelta(hours=1))]
     assert len(waiting) == 2
     assert all(item.about == request_id and "ClientAuthenticationError" in item.last_error for item in waiting)
     page = await call(
@@ -937,14 +939,14 @@ async def test_an_interrupted_approval_is_repaired_once_and_never_overwrites(
 ) -> None:
     from azure.data.tables.aio import TableClient
 
-    from shared.clients import clients
+    from shared.bootstrap import clients
     from shared.errors import RefusedError
     from shared.lifecycle import run_lifecycle
-    from shared.store import EXCEPTIONS_TABLE
+    from shared.storage.tables import EXCEPTIONS_TABLE
 
     request_id = await submitted_request(people)
     await decide_through_the_link(people, emulator, request_id)
-    granted = await store.get_exception(request_id)
+    granted = await store.exceptions.get(request_id)
     assert granted is not None
     # The approving process died after the decision, before the exception was written.
     async with TableClient.from_connection_string(storage, EXCEPTIONS_TABLE) as table:
@@ -952,12 +954,12 @@ async def test_an_interrupted_approval_is_repaired_once_and_never_overwrites(
 
     c = await clients()
     assert (await run_lifecycle(c)).repaired == 1
-    repaired = await store.get_exception(request_id)
+    repaired = await store.exceptions.get(request_id)
     assert repaired is not None and repaired.is_active(datetime.now(UTC)) and repaired.device == granted.device
     assert (await run_lifecycle(c)).repaired == 0
 
     # The repair only inserts: an exception with that id, whatever its state now, is never overwritten.
-    await store.revoke_exceptions(repaired.mailbox_guid, "admin", datetime.now(UTC), only_id=repaired.id)
+    await store.exceptions.revoke(repaired.mailbox_guid, "admin", datetime.now(UTC), only_id=repaired.id)
     with pytest.raises(RefusedError, match="exists already"):
-        await store.grant_exception(granted, created_by="repair")
-    assert (await store.get_exception(request_id)).status.value == "revoked"
+        await store.exceptions.grant(granted, created_by="repair")
+    assert (await store.exceptions.get(request_id)).status.value == "revoked"

@@ -1,0 +1,130 @@
+"""SmtpGuardPlans: what a report run planned, kept for review and for `--confirm-plan`.
+
+A plan is a header row plus chunks of its changes as JSON (a property holds at most 32K characters).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from shared.errors import RefusedError, StoreError
+from shared.reconcile import Change
+from shared.records import PlanStatus, StoredPlan, from_tri_state, tri_state
+from shared.storage.tables import (
+    PLAN_CHUNK_CHARS,
+    PLAN_CHUNK_RANGE,
+    PLAN_HEADER_ROW,
+    PLANS_TABLE,
+    TRANSACTION_LIMIT,
+    TableClients,
+    plan_chunk_row,
+    storage_errors,
+    submit,
+    unchanged_since,
+)
+
+
+class PlanRepository:
+    def __init__(self, tables: TableClients) -> None:
+        self._tables = tables
+
+    async def save(self, plan: StoredPlan) -> None:
+        """Chunks first, header last: a plan is visible only once all of it is stored."""
+        chunks = _chunk_changes(plan.changes)
+        table = self._tables[PLANS_TABLE]
+        async with storage_errors("store the plan"):
+            entities = [
+                {"PartitionKey": plan.plan_id, "RowKey": plan_chunk_row(index), "Changes": chunk}
+                for index, chunk in enumerate(chunks)
+            ]
+            for start in range(0, len(entities), TRANSACTION_LIMIT):
+                await submit(table, [("upsert", e) for e in entities[start : start + TRANSACTION_LIMIT]])
+            await table.upsert_entity(_header(plan, len(chunks)))
+
+    async def load(self, plan_id: str) -> tuple[StoredPlan, str] | None:
+        """The plan and the etag of its header, or None when there is no such plan."""
+        table = self._tables[PLANS_TABLE]
+        async with storage_errors("read the plan"):
+            try:
+                header = await table.get_entity(plan_id, PLAN_HEADER_ROW)
+            except ResourceNotFoundError:
+                return None
+            first, after = PLAN_CHUNK_RANGE
+            rows = [
+                e
+                async for e in table.query_entities(
+                    "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
+                    parameters={"pk": plan_id, "first": first, "after": after},
+                )
+            ]
+        if len(rows) != int(header.get("Chunks", 0)):
+            raise StoreError(f"plan {plan_id} is incomplete in storage ({len(rows)} of {header.get('Chunks')} chunks)")
+        changes = [
+            Change.from_json(item)
+            for row in sorted(rows, key=lambda r: r["RowKey"])
+            for item in json.loads(row["Changes"])
+        ]
+        plan = StoredPlan(
+            plan_id=plan_id,
+            tenant_id=header["TenantId"],
+            created_at=header["CreatedAt"],
+            mode=header["Mode"],
+            full=bool(header["Full"]),
+            status=PlanStatus(header["Status"]),
+            scanned=int(header.get("Scanned", 0)),
+            org_smtp_auth_disabled=from_tri_state(header.get("OrgSmtpAuthDisabled", "null")),
+            changes=changes,
+        )
+        return plan, header.metadata["etag"]
+
+    async def claim(self, plan_id: str, etag: str, run_id: str) -> None:
+        """Mark a reviewed plan applied, once. A second confirmation of the same plan is refused."""
+        entity = {
+            "PartitionKey": plan_id,
+            "RowKey": PLAN_HEADER_ROW,
+            "Status": PlanStatus.APPLIED.value,
+            "AppliedByRun": run_id,
+        }
+        async with storage_errors("mark the plan applied"):
+            try:
+                await self._tables[PLANS_TABLE].update_entity(entity, mode=UpdateMode.MERGE, **unchanged_since(etag))
+            except ResourceModifiedError:
+                raise RefusedError(f"plan {plan_id} was confirmed by another run at the same time") from None
+
+
+def _chunk_changes(changes: Iterable[Change]) -> list[str]:
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 2
+    for change in changes:
+        item = json.dumps(change.to_json(), separators=(",", ":"))
+        if current and size + len(item) + 1 > PLAN_CHUNK_CHARS:
+            chunks.append("[" + ",".join(current) + "]")
+            current, size = [], 2
+        current.append(item)
+        size += len(item) + 1
+    if current or not chunks:
+        chunks.append("[" + ",".join(current) + "]")
+    return chunks
+
+
+def _header(plan: StoredPlan, chunks: int) -> dict[str, Any]:
+    return {
+        "PartitionKey": plan.plan_id,
+        "RowKey": PLAN_HEADER_ROW,
+        "TenantId": plan.tenant_id,
+        "CreatedAt": plan.created_at,
+        "Mode": plan.mode,
+        "Full": plan.full,
+        "Status": plan.status.value,
+        "Scanned": plan.scanned,
+        "ChangeCount": len(plan.changes),
+        "Counts": json.dumps(plan.counts()),
+        "OrgSmtpAuthDisabled": tri_state(plan.org_smtp_auth_disabled),
+        "Chunks": chunks,
+    }
