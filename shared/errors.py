@@ -67,6 +67,12 @@ class IncompleteListingError(ExchangeError):
     """A mailbox listing did not finish, so the plan cannot be trusted."""
 
 
-def first_line(err: BaseException) -> str:
-    """An error's first line, for one-line messages (SDK errors carry whole response dumps)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+def first_line(err: BaseException | str) -> str:
+    """An error's first line, for one-line messages (SDK errors carry whole response dumps).
+
+    An error with no message gives its class name; an empty string gives "".
+    """
+    lines = str(err).strip().splitlines()
+    if lines:
+        return lines[0]
+    return type(err).__name__ if isinstance(err, BaseException) else ""

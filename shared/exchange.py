@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from azure.core.pipeline.policies import (
 )
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 
+from shared.backoff import jittered
 from shared.errors import (
     ExchangeCommandError,
     ExchangeError,
@@ -66,6 +66,11 @@ def opath_datetime(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%m/%d/%Y %H:%M:%S")
 
 
+# Seconds: the first retry waits up to BACKOFF_FIRST, doubling up to BACKOFF_MOST (see shared.backoff).
+BACKOFF_FIRST: Final = 0.5
+BACKOFF_MOST: Final = 20.0
+
+
 class ExchangeRetryPolicy(AsyncRetryPolicy):
     """azure-core's retry policy, configured for Exchange.
 
@@ -74,7 +79,7 @@ class ExchangeRetryPolicy(AsyncRetryPolicy):
     sent, is honoured by the base class.
     """
 
-    def __init__(self, *, attempts: int = 6, backoff: float = 0.5, backoff_max: float = 20.0) -> None:
+    def __init__(self, *, attempts: int = 6, backoff: float = BACKOFF_FIRST, backoff_max: float = BACKOFF_MOST) -> None:
         super().__init__(
             retry_total=attempts,
             retry_status=attempts,
@@ -87,9 +92,7 @@ class ExchangeRetryPolicy(AsyncRetryPolicy):
         self._method_whitelist = frozenset({"POST", "GET"})
 
     def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        attempt = max(len(settings["history"]), 1)
-        ceiling = min(settings["max_backoff"], settings["backoff"] * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        return jittered(len(settings["history"]), settings["backoff"], settings["max_backoff"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +323,7 @@ class ExchangeClient:
                     continue
                 error = command_error("Set-CASMailbox", status, response.get("body") if response else None)
                 if status in _TRANSIENT or response is None:
-                    wait = max(wait, _retry_after(response) or self._item_backoff(attempt))
+                    wait = max(wait, _retry_after(response) or jittered(attempt, BACKOFF_FIRST, BACKOFF_MOST))
                     if attempt < BATCH_ITEM_ATTEMPTS:
                         continue
                 outcomes[key] = SetOutcome(identity, value, error)
@@ -330,11 +333,6 @@ class ExchangeClient:
             logger.info("re-batching %d throttled Set-CASMailbox calls after %.2fs", len(pending), wait)
             await asyncio.sleep(wait)
         return [outcomes[str(index)] for index in range(len(items))]
-
-    @staticmethod
-    def _item_backoff(attempt: int) -> float:
-        ceiling = min(20.0, 0.5 * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
 
 # -- payloads ----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from kiota_abstractions.base_request_configuration import RequestConfiguration
 from kiota_authentication_azure.azure_identity_authentication_provider import AzureIdentityAuthenticationProvider
 from msgraph import GraphRequestAdapter, GraphServiceClient
 
-from shared.errors import GuardError
+from shared.errors import GuardError, first_line
 
 SMTP_CLIENT_APP = "Authenticated SMTP"
 # CRLF as RFC 5322 wants; long lines allowed so a subject with an address is not folded mid-header.
@@ -223,7 +223,7 @@ def _error(action: str, err: Exception) -> GraphError:
         detail = getattr(getattr(err, "error", None), "message", None) or str(err.message or err)[:300]
     else:
         detail = f"{type(err).__name__}: {str(err)[:300] or 'no detail'}"
-    return GraphError(action, _status(err), str(detail).splitlines()[0] if detail else "no detail")
+    return GraphError(action, _status(err), first_line(str(detail)) or "no detail")
 
 
 def _unavailable(err: Exception, permission: str) -> str:

@@ -18,6 +18,7 @@ from azure.core import AsyncPipelineClient
 from azure.core.exceptions import AzureError
 from azure.core.rest import HttpRequest
 
+from shared.backoff import exponential
 from shared.bootstrap import Clients
 from shared.clock import utc_now
 from shared.errors import GuardError, NotYetStoredError, RefusedError
@@ -31,6 +32,7 @@ from shared.workflow_records import ExceptionRequest, NotificationKind, OutboxIt
 
 logger = logging.getLogger(__name__)
 
+FIRST_DELAY: Final = timedelta(minutes=1)
 MAX_DELAY: Final = timedelta(hours=1)
 BATCH: Final = 50  # notifications sent per timer run
 
@@ -43,7 +45,7 @@ class SendReport:
 
 
 def retry_delay(attempts: int) -> timedelta:
-    return min(MAX_DELAY, timedelta(minutes=2 ** max(attempts - 1, 0)))
+    return timedelta(seconds=exponential(attempts, FIRST_DELAY.total_seconds(), MAX_DELAY.total_seconds()))
 
 
 async def send_due(c: Clients, now: datetime | None = None) -> SendReport:

@@ -952,8 +952,13 @@ async def test_an_interrupted_approval_is_repaired_once_and_never_overwrites(
     async with TableClient.from_connection_string(storage, EXCEPTIONS_TABLE) as table:
         await table.delete_entity(granted.mailbox_guid, granted.id)
 
+    def sets() -> int:
+        return sum(1 for e in emulator.calllog.entries() if e["cmdlet"] == "Set-CASMailbox")
+
     c = await clients()
+    before = sets()
     assert (await run_lifecycle(c)).repaired == 1
+    assert sets() == before  # the repair writes storage only: the sweeps set Exchange
     repaired = await store.exceptions.get(request_id)
     assert repaired is not None and repaired.is_active(datetime.now(UTC)) and repaired.device == granted.device
     assert (await run_lifecycle(c)).repaired == 0
