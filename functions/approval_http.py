@@ -11,13 +11,13 @@ ANONYMOUS = func.AuthLevel.ANONYMOUS
 
 @bp.route(route="approvals/{id:guid}", methods=["GET", "HEAD"], auth_level=ANONYMOUS)
 async def approval_page(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.http_api import approval_page as page
+    from shared.web.handlers import approval_page as page
 
     return await page(req)
 
 
 @bp.route(route="approvals/{id:guid}", methods=["POST"], auth_level=ANONYMOUS)
 async def approval_decision(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.http_api import approval_decision as decision
+    from shared.web.handlers import approval_decision as decision
 
     return await decision(req)

@@ -14,27 +14,27 @@ ANONYMOUS = func.AuthLevel.ANONYMOUS
 
 @bp.route(route="exceptions/new", methods=["GET"], auth_level=ANONYMOUS)
 async def exception_form(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.http_api import request_form
+    from shared.web.handlers import request_form
 
     return await request_form(req)
 
 
 @bp.route(route="exceptions", methods=["POST"], auth_level=ANONYMOUS)
 async def exception_submit(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.http_api import submit
+    from shared.web.handlers import submit
 
     return await submit(req)
 
 
 @bp.route(route="exceptions/{id:guid}", methods=["GET"], auth_level=ANONYMOUS)
 async def exception_status(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.http_api import status
+    from shared.web.handlers import status
 
     return await status(req)
 
 
 @bp.route(route="exceptions/{id:guid}/revoke", methods=["POST"], auth_level=ANONYMOUS)
 async def exception_revoke(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.http_api import revoke_exception
+    from shared.web.handlers import revoke_exception
 
     return await revoke_exception(req)

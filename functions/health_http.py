@@ -9,6 +9,6 @@ bp = func.Blueprint()
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def health(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.http_api import health as check
+    from shared.web.handlers import health as check
 
     return await check(req)

@@ -17,14 +17,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from azure.core.credentials_async import AsyncTokenCredential
+from azure.data.tables.aio import TableServiceClient
 
-from shared.exchange import ExchangeClient
-from shared.identity import build_credential
+from shared.errors import StoreError
+from shared.microsoft.exchange import ExchangeClient
+from shared.microsoft.identity import build_credential
+from shared.microsoft.transport import transport_options
 from shared.settings import Settings, WorkflowSettings, load_workflow_settings
 from shared.storage import Store
+from shared.storage.tables import STORE_RETRIES
 
 if TYPE_CHECKING:
-    from shared.graph import GraphClient
+    from shared.microsoft.graph import GraphClient
 
 
 # The install marker is checked again after this long; between checks, a verified store stays trusted.
@@ -32,7 +36,18 @@ MARKER_RECHECK: Final = 300.0
 
 
 def open_store(settings: Settings, credential: AsyncTokenCredential) -> Store:
-    return Store.from_config(settings.storage, credential)
+    """The store on AzureWebJobsStorage: a connection string (Azurite, keys) or a keyless endpoint."""
+    config = settings.storage
+    options = {**STORE_RETRIES, **transport_options()}
+    if config.connection_string is not None:
+        try:
+            service = TableServiceClient.from_connection_string(config.connection_string, **options)
+        except ValueError as err:
+            raise StoreError(f"AzureWebJobsStorage is not a valid connection string: {err}") from None
+    else:
+        assert config.table_endpoint is not None
+        service = TableServiceClient(config.table_endpoint, credential=credential, **options)
+    return Store(service)
 
 
 def open_exchange(settings: Settings, credential: AsyncTokenCredential) -> ExchangeClient:
@@ -42,7 +57,7 @@ def open_exchange(settings: Settings, credential: AsyncTokenCredential) -> Excha
 
 
 def open_graph(settings: Settings, credential: AsyncTokenCredential) -> GraphClient:
-    from shared.graph import GraphClient  # msgraph-sdk is large: import it only where Graph is used
+    from shared.microsoft.graph import GraphClient  # msgraph-sdk is large: import it only where Graph is used
 
     return GraphClient(settings.graph_endpoint, credential)
 

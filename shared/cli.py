@@ -17,15 +17,15 @@ from enum import IntEnum
 from typing import Any, TextIO
 
 from shared.bootstrap import Connections, connect
-from shared.clock import utc_now
 from shared.errors import GuardError, InputError, RefusedError
-from shared.identity import actor_for
-from shared.reconcile import AuthMethod, ExceptionRecord
-from shared.records import RunOutcome, RunSummary, tri_state
-from shared.registry import active_mailboxes, grant_exception, revoke_and_switch_off, validate_grant
+from shared.microsoft.identity import actor_for
+from shared.model.clock import utc_now
+from shared.model.exception_records import AuthMethod, ExceptionRecord
+from shared.model.runs import RunOutcome, RunSummary, tri_state
 from shared.settings import EnforcementMode, Settings, SettingsError, load_settings
 from shared.storage import TABLES
-from shared.sweep import SweepRequest, run_sweep
+from shared.sweep.engine import SweepRequest, run_sweep
+from shared.workflow.grants import active_mailboxes, grant_exception, revoke_and_switch_off, validate_grant
 
 PLAN_LINES = 25  # changes printed for a human; --json and the plan table hold all of them
 

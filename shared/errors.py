@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class GuardError(Exception):
     """Base for every error the app raises on purpose."""
@@ -20,12 +22,51 @@ class RefusedError(GuardError):
     """A safety rule stopped the run before any change (fail closed, cap, lease, stale plan)."""
 
 
-class DailyLimitError(GuardError):
+class Refusal(GuardError):
+    """A use case declined what a caller asked, and changed nothing. Only the web layer turns each
+    kind into a status code (shared/web/refusals.py).
+
+    `errors` holds a message per field for a form to show beside it; `retry_after` says, in seconds,
+    when asking again can succeed.
+    """
+
+    def __init__(self, message: str, errors: Mapping[str, str] | None = None, retry_after: int | None = None) -> None:
+        self.message = message
+        self.errors = dict(errors or {})
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class InvalidFieldsError(Refusal):
+    """Fields fail their checks: `errors` says what is wrong with each."""
+
+
+class UnknownTargetError(Refusal):
+    """A field is well formed but names something that does not exist (a mailbox, an owner)."""
+
+
+class ForbiddenError(Refusal):
+    """The signed-in caller may not do this."""
+
+
+class NotFoundError(Refusal):
+    """There is no such request or exception."""
+
+
+class ConflictError(Refusal):
+    """The current state does not allow it: already decided, already pending, decided by another."""
+
+
+class DailyLimitError(Refusal):
     """Someone has already submitted as many requests today (UTC) as REQUEST_RATE_LIMIT_PER_DAY allows."""
 
 
-class PendingLimitError(GuardError):
+class PendingLimitError(Refusal):
     """Someone already has as many pending requests as REQUEST_PENDING_PER_REQUESTER allows."""
+
+
+class NotSwitchedOffError(GuardError):
+    """An exception was revoked, but Exchange could not switch SMTP AUTH off at once; says who will."""
 
 
 class NotYetStoredError(GuardError):

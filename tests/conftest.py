@@ -130,13 +130,13 @@ def cli(app_env: dict[str, str]):  # type: ignore[no-untyped-def]
 @pytest.fixture
 async def store(app_env: dict[str, str]) -> AsyncIterator[object]:
     """The app's own Store on this test's Azurite account (read back what runs wrote)."""
-    from shared.identity import build_credential
+    from shared.bootstrap import open_store
+    from shared.microsoft.identity import build_credential
     from shared.settings import load_settings
-    from shared.storage import Store
 
     settings = load_settings()
     credential = build_credential()
-    async with Store.from_config(settings.storage, credential) as s:
+    async with open_store(settings, credential) as s:
         yield s
     await credential.close()
 
@@ -162,10 +162,9 @@ async def people(
 def site(
     app_env: dict[str, str], emulator: EmulatorServer, storage: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Site]:
-    from shared.bootstrap import close_all
-    from shared.identity import build_credential
+    from shared.bootstrap import close_all, open_store
+    from shared.microsoft.identity import build_credential
     from shared.settings import load_settings
-    from shared.storage import Store
 
     people = add_people(emulator.tenant)
     port = free_port()
@@ -176,7 +175,7 @@ def site(
 
     async def install() -> None:
         credential = build_credential()
-        async with Store.from_config(load_settings().storage, credential) as store:
+        async with open_store(load_settings(), credential) as store:
             await store.state.initialise(emulator.tenant.tenant_id, "test")
         await credential.close()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from shared.backoff import exponential, jittered
-from shared.exchange import BACKOFF_FIRST, BACKOFF_MOST, ExchangeRetryPolicy
-from shared.notifications import MAX_DELAY, retry_delay
+from shared.microsoft.exchange import BACKOFF_FIRST, BACKOFF_MOST, ExchangeRetryPolicy
+from shared.model.backoff import exponential, jittered
+from shared.workflow.notifications import MAX_DELAY, retry_delay
 
 
 def test_the_wait_doubles_from_the_first_and_stops_at_the_most() -> None:

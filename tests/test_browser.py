@@ -106,12 +106,12 @@ def test_request_and_approve_in_two_browsers(site: Site, browser: Any, emulator:
     assert "approved" in tenant.sent_mail[-1]["subject"]
 
     async def audit_rows() -> list[dict[str, Any]]:
-        from shared.identity import build_credential
+        from shared.bootstrap import open_store
+        from shared.microsoft.identity import build_credential
         from shared.settings import load_settings
-        from shared.storage import Store
 
         credential = build_credential()
-        async with Store.from_config(load_settings().storage, credential) as store:
+        async with open_store(load_settings(), credential) as store:
             rows = await store.audit.of_run(f"approval-{request_id}")
         await credential.close()
         return rows
@@ -164,30 +164,30 @@ def test_a_planted_cookie_posted_through_a_redirect_does_not_revoke(
     site: Site, browser: Any, emulator: EmulatorServer
 ) -> None:
     from devservices.azurite import free_port
-    from shared.reconcile import ExceptionStatus
+    from shared.model.exception_records import ExceptionStatus
     from tests.workflow_support import grant_as_admin
 
     base, people = site.base, site.people
     printer = emulator.tenant.find(people.printer.guid)
 
     async def grant() -> Any:
-        from shared.identity import build_credential
+        from shared.bootstrap import open_store
+        from shared.microsoft.identity import build_credential
         from shared.settings import load_settings
-        from shared.storage import Store
 
         credential = build_credential()
-        async with Store.from_config(load_settings().storage, credential) as store:
+        async with open_store(load_settings(), credential) as store:
             record = await grant_as_admin(store, people.printer.primary_smtp_address)
         await credential.close()
         return record
 
     async def status_of(exception_id: str) -> Any:
-        from shared.identity import build_credential
+        from shared.bootstrap import open_store
+        from shared.microsoft.identity import build_credential
         from shared.settings import load_settings
-        from shared.storage import Store
 
         credential = build_credential()
-        async with Store.from_config(load_settings().storage, credential) as store:
+        async with open_store(load_settings(), credential) as store:
             found = await store.exceptions.get(exception_id)
         await credential.close()
         return found.status

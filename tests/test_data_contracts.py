@@ -21,18 +21,15 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from shared.errors import PendingLimitError, RefusedError, WrongTenantError
-from shared.reconcile import AuthMethod, Change, ChangeReason, ExceptionRecord, ExceptionStatus
-from shared.records import Actor, AuditEntry, PlanStatus
+from shared.model.actor import Actor
+from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
+from shared.model.mailbox import Change, ChangeReason
+from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
+from shared.model.requests import ExceptionRequest, RequestStatus
+from shared.model.runs import AuditEntry, PlanStatus
 from shared.storage import TABLES, InstallMarker, Store, SweepState
 from shared.storage.entities import from_entity, to_entity
 from shared.storage.tables import AUDIT_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, STATE_TABLE, WORKFLOW_TABLE
-from shared.workflow_records import (
-    ExceptionRequest,
-    NotificationKind,
-    OutboxItem,
-    OutboxStatus,
-    RequestStatus,
-)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "entities.json"
 

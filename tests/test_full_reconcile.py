@@ -10,10 +10,10 @@ import pytest
 
 from emulator.server import EmulatorServer
 from emulator.tenant import Tenant
-from shared.records import PlanStatus, RunOutcome, RunSummary
+from shared.model.runs import PlanStatus, RunOutcome, RunSummary
 from shared.settings import EnforcementMode, load_settings
 from shared.storage import Store
-from shared.sweep import SweepRequest, run_sweep
+from shared.sweep.engine import SweepRequest, run_sweep
 from tests.workflow_support import grant_as_admin
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -252,8 +252,8 @@ async def test_timer_fails_loudly_when_refused(emulator: EmulatorServer) -> None
 
 async def test_exchange_clients_in_one_worker_share_the_tenants_concurrency_limit(emulator: EmulatorServer) -> None:
     # A sweep and the workflow each hold a client; the tenant limits the calls of both together.
-    from shared.exchange import ExchangeClient
-    from shared.identity import build_credential
+    from shared.microsoft.exchange import ExchangeClient
+    from shared.microsoft.identity import build_credential
 
     emulator.faults.configure(latency_ms=50, concurrency_limit=2)
     settings = load_settings()
@@ -320,8 +320,8 @@ async def test_a_batch_that_partly_landed_keeps_its_landed_changes_when_the_retr
 ) -> None:
     # Some sub-requests land, some come back throttled, and the re-batch then fails outright: the
     # landed ones must be reported as done (they get audit rows), not lost in a whole-batch failure.
-    from shared.exchange import ExchangeClient, ExchangeRetryPolicy
-    from shared.identity import build_credential
+    from shared.microsoft.exchange import ExchangeClient, ExchangeRetryPolicy
+    from shared.microsoft.identity import build_credential
 
     tenant = emulator.tenant
     targets = [m for m in tenant.snapshot() if m.smtp_client_authentication_disabled is not True][:10]

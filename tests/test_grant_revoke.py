@@ -11,7 +11,7 @@ from azure.data.tables.aio import TableClient
 
 from emulator.server import EmulatorServer
 from shared.errors import RefusedError
-from shared.reconcile import AuthMethod, ExceptionRecord, ExceptionStatus
+from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
 from shared.storage import Store
 from shared.storage.tables import EXCEPTIONS_TABLE
 

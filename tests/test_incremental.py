@@ -13,11 +13,11 @@ import pytest
 
 from emulator.server import EmulatorServer
 from emulator.tenant import Tenant
-from shared.records import RunOutcome, RunSummary
+from shared.model.runs import RunOutcome, RunSummary
 from shared.settings import EnforcementMode, load_settings
 from shared.storage import Store
 from shared.storage.tables import STATE_TABLE
-from shared.sweep import SweepRequest, run_sweep
+from shared.sweep.engine import SweepRequest, run_sweep
 
 pytestmark = pytest.mark.usefixtures("app_env")
 

@@ -526,7 +526,7 @@ async def test_fire(host: LocalHost, timer_calls: list[func.TimerRequest]) -> No
 
 def test_the_apps_principal_parser_reads_the_injected_headers() -> None:
     from devservices.easyauth import principal_from_user
-    from shared.principal import principal_from_headers
+    from shared.web.principal import principal_from_headers
 
     headers = principal_from_user(ALICE).headers()
     parsed = principal_from_headers(headers, env={"WEBSITE_AUTH_ENABLED": "True"})

@@ -7,13 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.reconcile import (
-    AuthMethod,
-    Change,
-    ChangeReason,
-    ExceptionRecord,
-    ExceptionStatus,
-    MailboxState,
+from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
+from shared.model.mailbox import Change, ChangeReason, MailboxState
+from shared.sweep.planner import (
     PlanSummary,
     changed_since,
     confirmable,

@@ -17,8 +17,10 @@ from itsdangerous import URLSafeTimedSerializer
 from yarl import URL
 
 from emulator.server import EmulatorServer
+from shared.bootstrap import open_store
+from shared.model.notifications import NotificationKind
+from shared.model.requests import RequestStatus
 from shared.storage import Store
-from shared.workflow_records import NotificationKind, RequestStatus
 from tests.test_workflow import (
     open_approval,
     post_decision,
@@ -105,12 +107,12 @@ async def test_an_expired_token_is_refused(people: People, store: Store) -> None
 async def test_the_csrf_key_is_made_once_by_an_insert_that_every_worker_agrees_on(app_env: dict[str, str]) -> None:
     from azure.data.tables.aio import TableServiceClient
 
-    from shared.identity import build_credential
+    from shared.microsoft.identity import build_credential
     from shared.settings import load_settings
 
     settings = load_settings()
     credential = build_credential()
-    stores = [Store.from_config(settings.storage, credential) for _ in range(4)]
+    stores = [open_store(settings, credential) for _ in range(4)]
     try:
         await stores[0].state.initialise("tenant", "test")
         keys = await asyncio.gather(*(s.state.csrf_secret() for s in stores))
@@ -125,7 +127,7 @@ async def test_the_csrf_key_is_made_once_by_an_insert_that_every_worker_agrees_o
 
 
 def test_the_cookie_is_host_prefixed_secure_and_strict_over_https() -> None:
-    from shared.web import csrf_token
+    from shared.web.responses import csrf_token
 
     request = func.HttpRequest(method="GET", url="https://guard.contoso.com/api/exceptions/new", body=b"")
     token, headers = csrf_token(request, "https://guard.contoso.com", b"k" * 32, "00000000-0000-0000-0000-000000000001")

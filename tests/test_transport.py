@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.transport import transport_options
+from shared.microsoft.transport import transport_options
 
 PROXY_VARIABLES = (
     "HTTP_PROXY",

@@ -16,18 +16,12 @@ from typing import Any
 import pytest
 
 from emulator.server import EmulatorServer
+from shared.bootstrap import open_store
 from shared.errors import DailyLimitError
-from shared.reconcile import AuthMethod
+from shared.model.exception_records import AuthMethod
+from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
+from shared.model.requests import AlternativesReason, ExceptionRequest, RequestStatus, SenderKind
 from shared.storage import Store
-from shared.workflow_records import (
-    AlternativesReason,
-    ExceptionRequest,
-    NotificationKind,
-    OutboxItem,
-    OutboxStatus,
-    RequestStatus,
-    SenderKind,
-)
 from tests.workflow_support import (
     People,
     approval_link,
@@ -42,7 +36,7 @@ XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 async def send_outbox(now: datetime | None = None) -> Any:
     from shared.bootstrap import clients
-    from shared.notifications import send_due
+    from shared.workflow.notifications import send_due
 
     return await send_due(await clients(), now)
 
@@ -148,7 +142,7 @@ async def test_approved_exception_is_respected_by_an_enforce_sweep(
     people: People, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shared.settings import EnforcementMode, load_settings
-    from shared.sweep import SweepRequest, run_sweep
+    from shared.sweep.engine import SweepRequest, run_sweep
 
     request_id = await submitted_request(people)
     await decide_through_the_link(people, emulator, request_id)
@@ -504,9 +498,9 @@ async def test_expired_exception_is_revoked_by_the_reconcile_and_the_owner_told(
     people: People, emulator: EmulatorServer, store: Store
 ) -> None:
     from shared.bootstrap import clients
-    from shared.lifecycle import run_lifecycle
     from shared.settings import EnforcementMode, load_settings
-    from shared.sweep import SweepRequest, run_sweep
+    from shared.sweep.engine import SweepRequest, run_sweep
+    from shared.workflow.lifecycle import run_lifecycle
 
     request_id = await submitted_request(people, days="3")
     await decide_through_the_link(people, emulator, request_id)
@@ -556,7 +550,7 @@ async def test_notifications_survive_graph_being_down(people: People, emulator: 
 
 async def test_pending_requests_lapse(people: People, emulator: EmulatorServer, store: Store) -> None:
     from shared.bootstrap import clients
-    from shared.lifecycle import run_lifecycle
+    from shared.workflow.lifecycle import run_lifecycle
 
     request_id = await submitted_request(people)
     report = await run_lifecycle(await clients(), datetime.now(UTC) + timedelta(days=15))
@@ -685,7 +679,7 @@ async def notices_of(store: Store, requester: str, now: datetime) -> list[Outbox
 
 
 async def test_the_daily_rate_is_a_slot_per_request_per_utc_day(store: Store, app_env: dict[str, str]) -> None:
-    from shared.identity import build_credential
+    from shared.microsoft.identity import build_credential
     from shared.settings import load_settings
 
     await store.state.initialise("tenant-for-this-test", "test")
@@ -700,7 +694,7 @@ async def test_the_daily_rate_is_a_slot_per_request_per_utc_day(store: Store, ap
 
     # Another worker knows nothing of this one's slots: the insert that fails on a taken slot is the check.
     credential = build_credential()
-    async with Store.from_config(load_settings().storage, credential) as other:
+    async with open_store(load_settings(), credential) as other:
         assert await store_or_limit(store, bob, day_end, limit=2) == "stored"
         assert await store_or_limit(other, bob, day_end, limit=2) == "stored"
         assert await store_or_limit(other, bob, day_end, limit=2) == "limit"
@@ -918,7 +912,7 @@ async def test_graph_network_errors_become_graph_errors() -> None:
     from azure.core.credentials import AccessToken
 
     from devservices.azurite import free_port
-    from shared.graph import GraphClient, GraphError
+    from shared.microsoft.graph import GraphClient, GraphError
 
     class StaticToken:  # a credential that always has a token, so only the network can fail
         async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
@@ -941,8 +935,8 @@ async def test_an_interrupted_approval_is_repaired_once_and_never_overwrites(
 
     from shared.bootstrap import clients
     from shared.errors import RefusedError
-    from shared.lifecycle import run_lifecycle
     from shared.storage.tables import EXCEPTIONS_TABLE
+    from shared.workflow.lifecycle import run_lifecycle
 
     request_id = await submitted_request(people)
     await decide_through_the_link(people, emulator, request_id)

@@ -186,10 +186,10 @@ async def grant_as_admin(store: Any, address: str, device: str = "MFP") -> Any:
     """`exceptions add` for a 30-day OAuth exception, through the registry and the real Exchange client."""
     from datetime import UTC, datetime
 
-    from shared.exchange import ExchangeClient
-    from shared.identity import build_credential
-    from shared.registry import grant_exception, validate_grant
+    from shared.microsoft.exchange import ExchangeClient
+    from shared.microsoft.identity import build_credential
     from shared.settings import load_settings
+    from shared.workflow.grants import grant_exception, validate_grant
 
     settings = load_settings()
     grant = validate_grant(

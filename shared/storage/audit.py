@@ -9,8 +9,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from shared.clock import utc_now
-from shared.records import AuditEntry, RunSummary, tri_state
+from shared.model.clock import utc_now
+from shared.model.runs import AuditEntry, RunSummary, tri_state
 from shared.storage.tables import (
     AUDIT_TABLE,
     NO_ECHO,

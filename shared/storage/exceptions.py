@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from shared.reconcile import AuthMethod, ExceptionRecord, ExceptionStatus
+from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
 from shared.storage.tables import EXCEPTIONS_TABLE, TableClients, guarded_merge, storage_errors, submit
 
 

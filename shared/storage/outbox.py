@@ -18,6 +18,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.data.tables import UpdateMode
 
 from shared.errors import DailyLimitError, RefusedError
+from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
 from shared.storage.entities import from_entity, to_entity
 from shared.storage.hints import Hints
 from shared.storage.tables import (
@@ -33,7 +34,6 @@ from shared.storage.tables import (
     unchanged_since,
     utc_day,
 )
-from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus
 
 _APPROVAL = NotificationKind.APPROVAL_REQUEST.value
 

@@ -13,8 +13,8 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from shared.errors import RefusedError, StoreError
-from shared.reconcile import Change
-from shared.records import PlanStatus, StoredPlan, from_tri_state, tri_state
+from shared.model.mailbox import Change
+from shared.model.runs import PlanStatus, StoredPlan, from_tri_state, tri_state
 from shared.storage.tables import (
     PLAN_CHUNK_CHARS,
     PLAN_CHUNK_RANGE,

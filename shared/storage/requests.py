@@ -17,6 +17,8 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from shared.errors import PendingLimitError, StoreError
+from shared.model.notifications import OutboxItem
+from shared.model.requests import ExceptionRequest, RequestStatus
 from shared.storage.entities import from_entity, to_entity
 from shared.storage.hints import Hints
 from shared.storage.outbox import OutboxRepository
@@ -34,7 +36,6 @@ from shared.storage.tables import (
     submit,
     unchanged_since,
 )
-from shared.workflow_records import ExceptionRequest, OutboxItem, RequestStatus
 
 # A submission whose request row has not appeared after this has failed: its reservation is freed and
 # its notices are dropped (until then they wait for it).

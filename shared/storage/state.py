@@ -21,8 +21,8 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
-from shared.clock import utc_now
 from shared.errors import NotInstalledError, RefusedError, StoreError, WrongTenantError, first_line
+from shared.model.clock import utc_now
 from shared.storage.tables import (
     CSRF_SECRET_ROW,
     INSTALL_PARTITION,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from shared.errors import ExchangeError
-from shared.exchange import BATCH_LIMIT, ExchangeClient
-from shared.reconcile import Change
+from shared.microsoft.exchange import BATCH_LIMIT, ExchangeClient
+from shared.model.mailbox import Change
 
 # Stop starting batches once this many changes failed and failures outnumber successes: a persistent
 # failure (missing RBAC, a broken endpoint) should not be repeated against the whole plan.

@@ -1,4 +1,4 @@
-"""What a run leaves behind: its stored plan, its audit entries and its summary."""
+"""What a sweep run leaves behind: its stored plan, its audit entries and its summary."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from shared.clock import utc_now
-from shared.reconcile import Change, ChangeReason
+from shared.model.actor import Actor
+from shared.model.clock import utc_now
+from shared.model.mailbox import Change, ChangeReason
 
 
 class PlanStatus(StrEnum):
@@ -39,17 +40,6 @@ def tri_state(value: bool | None) -> str:
 
 def from_tri_state(value: str) -> bool | None:
     return None if value == "null" else value == "true"
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who makes a change: the caller's object id and app id, taken from its token."""
-
-    object_id: str
-    app_id: str
-
-    def __str__(self) -> str:
-        return self.object_id or self.app_id or "unknown"
 
 
 @dataclass(slots=True)

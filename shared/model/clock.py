@@ -1,5 +1,6 @@
 """The one clock. Code that decides by time takes a `Clock` (tests pass a fixed one); code that only
-stamps a record calls `utc_now`."""
+stamps a record calls `utc_now`.
+"""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.identity.aio import DefaultAzureCredential
 
 from shared.errors import GuardError, first_line
-from shared.records import Actor
+from shared.model.actor import Actor
 
 
 class IdentityError(GuardError):

@@ -18,17 +18,18 @@ from azure.core import AsyncPipelineClient
 from azure.core.exceptions import AzureError
 from azure.core.rest import HttpRequest
 
-from shared.backoff import exponential
 from shared.bootstrap import Clients
-from shared.clock import utc_now
 from shared.errors import GuardError, NotYetStoredError, RefusedError
-from shared.exchange import ExchangeRetryPolicy
-from shared.reconcile import ExceptionRecord
+from shared.microsoft.exchange import ExchangeRetryPolicy
+from shared.microsoft.transport import transport_options
+from shared.model.backoff import exponential
+from shared.model.clock import utc_now
+from shared.model.exception_records import ExceptionRecord
+from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
+from shared.model.requests import ExceptionRequest, RequestStatus
 from shared.storage.requests import CLAIM_GRACE
-from shared.transport import transport_options
-from shared.web import render_text
-from shared.workflow import new_link_token
-from shared.workflow_records import ExceptionRequest, NotificationKind, OutboxItem, OutboxStatus, RequestStatus
+from shared.workflow.mail import render_mail
+from shared.workflow.requests import new_link_token
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +136,7 @@ async def _mail(c: Clients, recipients: list[str], template: str, context: dict[
     to = sorted({r.lower() for r in recipients if r})
     if not to:
         return False
-    context = {**context, "kind": template}
-    subject = " ".join(render_text("mail/subject.txt", **context).split())
-    html = render_text("mail/body.html", **context)
-    text = render_text("mail/body.txt", **context)
+    subject, text, html = render_mail(template, **context)
     await c.graph.send_mail(c.settings.notify_from, to, subject, html, text)
     return True
 

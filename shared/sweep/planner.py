@@ -11,88 +11,11 @@ Desired state of `SmtpClientAuthenticationDisabled`:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
-from typing import Any
 
-
-class ChangeReason(StrEnum):
-    NULL = "null"  # mailbox followed the organisation flag
-    DRIFT = "drift"  # mailbox allowed SMTP AUTH without any exception
-    EXPIRED = "expired"  # its exception expired or was revoked
-    EXCEPTION = "exception"  # an active exception needs SMTP AUTH on
-
-
-class ExceptionStatus(StrEnum):
-    APPROVED = "approved"
-    REVOKED = "revoked"
-    SUPERSEDED = "superseded"
-
-
-class AuthMethod(StrEnum):
-    OAUTH = "oauth"
-    BASIC = "basic"
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxState:
-    guid: str
-    address: str
-    smtp_auth_disabled: bool | None
-    user_id: str = ""  # the Entra object id of its user, when looked up on its own (not in listings)
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """Anyone Exchange can deliver to, as Get-Recipient shows them."""
-
-    guid: str
-    address: str
-    object_id: str  # ExternalDirectoryObjectId: empty for recipients with no Entra object
-    type: str  # RecipientTypeDetails
-
-
-@dataclass(frozen=True, slots=True)
-class ExceptionRecord:
-    id: str
-    mailbox_guid: str
-    mailbox_address: str
-    status: ExceptionStatus
-    expires_at: datetime
-    reason: str
-    owner: str
-    device: str
-    auth_method: AuthMethod
-    approved_by: str
-    approved_at: datetime
-    revoked_at: datetime | None = None
-    owner_id: str = ""  # the owner's Entra object id; empty on records written before it was kept
-
-    def is_active(self, now: datetime) -> bool:
-        return self.status is ExceptionStatus.APPROVED and self.expires_at > now
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    guid: str
-    address: str
-    before: bool | None
-    after: bool
-    reason: ChangeReason
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Change:
-        return cls(
-            guid=str(data["guid"]),
-            address=str(data["address"]),
-            before=data["before"],
-            after=bool(data["after"]),
-            reason=ChangeReason(data["reason"]),
-        )
+from shared.model.exception_records import ExceptionRecord
+from shared.model.mailbox import Change, ChangeReason, MailboxState
 
 
 @dataclass(slots=True)

@@ -11,12 +11,14 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from shared.errors import GuardError, InputError, first_line
-from shared.exchange import ExchangeClient
-from shared.reconcile import AuthMethod, Change, ChangeReason, ExceptionRecord, ExceptionStatus, Recipient
-from shared.records import Actor, AuditEntry
+from shared.microsoft.exchange import ExchangeClient
+from shared.model.actor import Actor
+from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
+from shared.model.mailbox import Change, ChangeReason, Recipient
+from shared.model.runs import AuditEntry
 from shared.settings import EnforcementMode
 from shared.storage import Store
-from shared.validation import choice, free_text, mailbox_address, whole_number
+from shared.workflow.validation import choice, free_text, mailbox_address, whole_number
 
 MAX_REASON: Final = 1000
 MAX_DEVICE: Final = 200

@@ -12,11 +12,12 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from shared.bootstrap import Clients
-from shared.clock import utc_now
 from shared.errors import RefusedError
-from shared.reconcile import ExceptionRecord, ExceptionStatus
-from shared.workflow import granted_exception, release_reservations
-from shared.workflow_records import NotificationKind, OutboxItem, OutboxStatus, RequestStatus
+from shared.model.clock import utc_now
+from shared.model.exception_records import ExceptionRecord, ExceptionStatus
+from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
+from shared.model.requests import RequestStatus
+from shared.workflow.requests import granted_exception, release_reservations
 
 RUN_INTERVAL: Final = timedelta(days=1)  # LIFECYCLE_SCHEDULE's default: once a day
 # Most urgent first. Only the most urgent due reminder goes out, so a short exception gets one mail,

@@ -29,7 +29,6 @@ from azure.core.pipeline.policies import (
 )
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 
-from shared.backoff import jittered
 from shared.errors import (
     ExchangeCommandError,
     ExchangeError,
@@ -37,8 +36,9 @@ from shared.errors import (
     InputError,
     MailboxNotFoundError,
 )
-from shared.reconcile import MailboxState, Recipient
-from shared.transport import transport_options
+from shared.microsoft.transport import transport_options
+from shared.model.backoff import jittered
+from shared.model.mailbox import MailboxState, Recipient
 
 logger = logging.getLogger(__name__)
 

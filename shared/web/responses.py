@@ -60,8 +60,8 @@ class HttpError(GuardError):
 @cache
 def templates() -> Environment:
     return Environment(
-        loader=PackageLoader("shared", "templates"),
-        # HTML pages and mail are escaped; the plain-text mail part and the subject are not HTML.
+        loader=PackageLoader("shared.web", "templates"),
+        # HTML pages are escaped; the script a page carries is not HTML.
         autoescape=select_autoescape(enabled_extensions=("html",), disabled_extensions=("txt", "js"), default=True),
         undefined=StrictUndefined,
         trim_blocks=True,

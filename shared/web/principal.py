@@ -12,9 +12,9 @@ import binascii
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
 
+from shared.model.principal import Principal
 from shared.settings import easy_auth_enabled
 
 PRINCIPAL_HEADER: Final = "x-ms-client-principal"
@@ -22,13 +22,6 @@ OBJECT_ID_CLAIMS: Final = ("http://schemas.microsoft.com/identity/claims/objecti
 UPN_CLAIMS: Final = ("preferred_username", "upn", "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn")
 NAME_CLAIMS: Final = ("name",)
 MAX_HEADER: Final = 16_384
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    object_id: str
-    upn: str
-    name: str
 
 
 def principal_from_headers(headers: Mapping[str, str], env: Mapping[str, str] | None = None) -> Principal | None:

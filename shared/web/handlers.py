@@ -15,12 +15,15 @@ from typing import Any, Final
 import azure.functions as func
 
 from shared.bootstrap import Clients, clients
-from shared.clock import utc_now
-from shared.errors import GuardError, NotInstalledError, StoreError, WrongTenantError
-from shared.principal import Principal, principal_from_headers
-from shared.reconcile import AuthMethod
+from shared.errors import GuardError, NotInstalledError, Refusal, StoreError, WrongTenantError
+from shared.model.clock import utc_now
+from shared.model.exception_records import AuthMethod
+from shared.model.principal import Principal
+from shared.model.requests import AlternativesReason, RequestStatus, SenderKind
 from shared.settings import SettingsError
-from shared.web import (
+from shared.web.principal import principal_from_headers
+from shared.web.refusals import ANSWERED, http_error
+from shared.web.responses import (
     CSRF_FIELD,
     LINK_CODE_HEADERS,
     HttpError,
@@ -34,7 +37,7 @@ from shared.web import (
     redirect,
     wants_json,
 )
-from shared.workflow import (
+from shared.workflow.requests import (
     FIELDS,
     decide,
     gather_evidence,
@@ -48,7 +51,6 @@ from shared.workflow import (
     validate_request,
     viewable_request,
 )
-from shared.workflow_records import AlternativesReason, RequestStatus, SenderKind
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def endpoint(handler: Handler) -> Callable[[func.HttpRequest], Awaitable[func.Ht
             return await handler(req, principal, c)
         except HttpError as err:
             return _error_response(req, err)
+        except ANSWERED as err:
+            return _error_response(req, http_error(err))
         except SettingsError as err:
             logger.error("SMTP AUTH Guard is misconfigured: %s", err)
             return _error_response(req, HttpError(503, "the service is not configured; an admin has been told"))
@@ -152,9 +156,10 @@ async def submit(req: func.HttpRequest, principal: Principal, c: Clients) -> fun
             fields, principal, settings.base.exception_max_days, settings.basic_auth_retirement_date, utc_now()
         )
         request = await submit_request(c, draft, principal, utc_now())
-    except HttpError as err:
+    except Refusal as refusal:
         if as_json:
             raise
+        err = http_error(refusal)
         if "request_id" in err.errors:
             err.errors = {"mailbox": f"{err.message}: see /api/exceptions/{err.errors['request_id']}"}
         elif err.status == 409:

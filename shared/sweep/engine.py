@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from shared.apply import ApplyResult, apply_changes
 from shared.bootstrap import Connections, connect
-from shared.clock import Clock, utc_now
 from shared.errors import ExchangeError, GuardError, InputError, RefusedError, StoreError
-from shared.identity import IdentityError, actor_for
-from shared.reconcile import (
-    Change,
-    ExceptionRecord,
+from shared.microsoft.identity import IdentityError, actor_for
+from shared.model.clock import Clock, utc_now
+from shared.model.exception_records import ExceptionRecord
+from shared.model.mailbox import Change
+from shared.model.runs import AuditEntry, PlanStatus, RunOutcome, RunSummary, StoredPlan, new_run_id
+from shared.settings import EnforcementMode, Settings
+from shared.storage import SweepState
+from shared.sweep.applier import ApplyResult, apply_changes
+from shared.sweep.planner import (
     PlanSummary,
     changed_since,
     confirmable,
@@ -30,16 +33,6 @@ from shared.reconcile import (
     plan_changes,
     plan_mailbox,
 )
-from shared.records import (
-    AuditEntry,
-    PlanStatus,
-    RunOutcome,
-    RunSummary,
-    StoredPlan,
-    new_run_id,
-)
-from shared.settings import EnforcementMode, Settings
-from shared.storage import SweepState
 
 logger = logging.getLogger(__name__)
 

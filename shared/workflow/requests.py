@@ -22,30 +22,28 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
 from shared.bootstrap import Clients
-from shared.errors import DailyLimitError, GuardError, InputError, PendingLimitError, RefusedError
-from shared.graph import Evidence, sign_in_window
-from shared.principal import Principal
-from shared.reconcile import (
-    AuthMethod,
-    ChangeReason,
-    ExceptionRecord,
-    ExceptionStatus,
-    MailboxState,
-    Recipient,
+from shared.errors import (
+    ConflictError,
+    DailyLimitError,
+    ForbiddenError,
+    GuardError,
+    InputError,
+    InvalidFieldsError,
+    NotFoundError,
+    NotSwitchedOffError,
+    PendingLimitError,
+    RefusedError,
+    UnknownTargetError,
 )
-from shared.records import Actor
-from shared.registry import resolve_owner, revoke_and_switch_off, switch_smtp_auth
-from shared.validation import choice, free_text, mailbox_address, whole_number
-from shared.web import HttpError
-from shared.workflow_records import (
-    AlternativesReason,
-    ExceptionRequest,
-    NotificationKind,
-    OutboxItem,
-    OutboxStatus,
-    RequestStatus,
-    SenderKind,
-)
+from shared.microsoft.graph import Evidence, sign_in_window
+from shared.model.actor import Actor
+from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
+from shared.model.mailbox import ChangeReason, MailboxState, Recipient
+from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
+from shared.model.principal import Principal
+from shared.model.requests import AlternativesReason, ExceptionRequest, RequestStatus, SenderKind
+from shared.workflow.grants import resolve_owner, revoke_and_switch_off, switch_smtp_auth
+from shared.workflow.validation import choice, free_text, mailbox_address, whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ def longest_days(auth: AuthMethod, max_days: int, retirement: date | None, now: 
 def validate_request(
     fields: Mapping[str, str], principal: Principal, max_days: int, retirement: date | None, now: datetime
 ) -> RequestDraft:
-    """Every field checked; raises HttpError(400) with a message per bad field."""
+    """Every field checked; raises InvalidFieldsError with a message per bad field."""
     errors: dict[str, str] = {}
 
     def check(name: str, rule: Any, *args: Any, **kwargs: Any) -> Any:
@@ -140,7 +138,7 @@ def validate_request(
     if auth is AuthMethod.BASIC and limit < 1:
         errors["auth_method"] = "Basic authentication is retired for SMTP AUTH: request OAuth"
     if errors:
-        raise HttpError(400, "some fields need attention", errors)
+        raise InvalidFieldsError("some fields need attention", errors)
     return RequestDraft(**draft)
 
 
@@ -175,17 +173,17 @@ def _notification(
 
 
 async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
-    """Store a pending request and its notices. Refusals raise HttpError; nothing is left reserved."""
+    """Store a pending request and its notices. Refusals raise a Refusal; nothing is left reserved."""
     settings = c.settings
     mailbox, owner = await asyncio.gather(
         c.exchange.find_mailbox(draft.mailbox), _resolved_owner(c, draft.owner, principal)
     )
     if mailbox is None:
-        raise HttpError(422, "that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
+        raise UnknownTargetError("that mailbox does not exist", {"mailbox": f"Exchange has no mailbox {draft.mailbox}"})
     if draft.renews:
         previous = await c.store.exceptions.get(draft.renews)
         if previous is None or previous.mailbox_guid != mailbox.guid:
-            raise HttpError(422, "renews an unknown exception", {"renews": "is not an exception of this mailbox"})
+            raise UnknownTargetError("renews an unknown exception", {"renews": "is not an exception of this mailbox"})
     request_id = str(uuid.uuid4())
     await _reserve(c, principal, mailbox, request_id, now)
     request = ExceptionRequest(
@@ -219,7 +217,7 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         if isinstance(err, DailyLimitError):
             midnight = datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time.min, UTC)
             wait = math.ceil((midnight - now).total_seconds())
-            raise HttpError(429, f"{err}: try again after midnight UTC", retry_after=wait) from None
+            raise DailyLimitError(f"{err}: try again after midnight UTC", retry_after=wait) from None
         raise
     return request
 
@@ -233,7 +231,7 @@ async def _resolved_owner(c: Clients, address: str, principal: Principal) -> Rec
     try:
         return await resolve_owner(c.exchange, address)
     except InputError as err:
-        raise HttpError(422, "the owner is not a user of this tenant", {"owner": err.problem}) from None
+        raise UnknownTargetError("the owner is not a user of this tenant", {"owner": err.problem}) from None
 
 
 async def _reserve(c: Clients, principal: Principal, mailbox: MailboxState, request_id: str, now: datetime) -> None:
@@ -242,7 +240,7 @@ async def _reserve(c: Clients, principal: Principal, mailbox: MailboxState, requ
         limit = c.settings.request_pending_per_requester
         await c.store.requests.claim_pending_slot(principal.object_id, request_id, now, limit)
     except PendingLimitError as err:
-        raise HttpError(429, str(err), {"form": str(err)}) from None
+        raise PendingLimitError(str(err), {"form": str(err)}) from None
     try:
         holder = await c.store.requests.claim_mailbox(mailbox.guid, request_id, now)
     except BaseException:
@@ -258,7 +256,7 @@ async def _reserve(c: Clients, principal: Principal, mailbox: MailboxState, requ
         held = await c.store.requests.get(holder)
         if held is not None and await can_view(c, held[0], principal):
             errors["request_id"] = holder
-    raise HttpError(409, f"a request for {mailbox.address} is already pending", errors)
+    raise ConflictError(f"a request for {mailbox.address} is already pending", errors)
 
 
 async def release_reservations(c: Clients, request: ExceptionRequest) -> None:
@@ -325,9 +323,9 @@ async def viewable_request(c: Clients, request_id: str, principal: Principal) ->
     if request is not None and (principal.object_id == request.requester_id or is_owner(request, principal)):
         return request
     if not await is_approver(c, principal):
-        raise HttpError(403, "only the requester, the owner and approvers may see this request")
+        raise ForbiddenError("only the requester, the owner and approvers may see this request")
     if request is None:
-        raise HttpError(404, "no such request")
+        raise NotFoundError("no such request")
     return request
 
 
@@ -375,7 +373,7 @@ def validate_decision(fields: Mapping[str, str], grantable: int) -> Decision:
         except InputError as err:
             errors["days"] = f"{err.problem} (an approver may shorten, not extend)"
     if errors:
-        raise HttpError(400, "the decision needs attention", errors)
+        raise InvalidFieldsError("the decision needs attention", errors)
     return Decision(approve=decision == "approve", days=days, comment=comment)
 
 
@@ -394,20 +392,20 @@ async def decide(
     fields: Mapping[str, str],
     now: datetime,
 ) -> DecisionResult:
-    """Approve or deny once. Raises HttpError for every refusal; changes nothing when refused."""
+    """Approve or deny once. Raises a Refusal for every refusal; changes nothing when refused."""
     if not await is_approver(c, principal):  # before the lookup: a non-approver learns nothing of ids
-        raise HttpError(403, "only approvers may decide requests")
+        raise ForbiddenError("only approvers may decide requests")
     loaded = await c.store.requests.get(request_id)
     if loaded is None:
-        raise HttpError(404, "no such request")
+        raise NotFoundError("no such request")
     request, etag = loaded
     stake = own_stake(request, principal)
     if stake:
-        raise HttpError(403, stake)
+        raise ForbiddenError(stake)
     if request.status is not RequestStatus.PENDING:
-        raise HttpError(409, f"this request was already {request.status.value}", {"status": request.status.value})
+        raise ConflictError(f"this request was already {request.status.value}", {"status": request.status.value})
     if not link_token_valid(request, token, now):
-        raise HttpError(403, "this approval link is invalid, used or expired")
+        raise ForbiddenError("this approval link is invalid, used or expired")
     decision = validate_decision(fields, grantable_days(c, request, now))
     decided = replace(
         request,
@@ -425,7 +423,7 @@ async def decide(
     except RefusedError:
         current = await c.store.requests.get(request_id)
         status = current[0].status.value if current else "changed"
-        raise HttpError(409, f"another approver decided first: the request is {status}", {"status": status}) from None
+        raise ConflictError(f"another approver decided first: the request is {status}", {"status": status}) from None
     await release_reservations(c, request)
     if not decision.approve:
         return DecisionResult(decided, applied=False)
@@ -485,14 +483,14 @@ async def _apply_now(
 
 
 async def revoke(c: Clients, exception_id: str, principal: Principal, now: datetime) -> ExceptionRecord:
-    """End one exception now through the one revoke path; HttpError(502) when SMTP AUTH stays on for now."""
+    """End one exception now through the one revoke path; NotSwitchedOffError when SMTP AUTH stays on for now."""
     if not await is_approver(c, principal):
-        raise HttpError(403, "only approvers may revoke exceptions")
+        raise ForbiddenError("only approvers may revoke exceptions")
     record = await c.store.exceptions.get(exception_id)
     if record is None:
-        raise HttpError(404, "no such exception")
+        raise NotFoundError("no such exception")
     if not record.is_active(now):
-        raise HttpError(409, f"this exception is not active (it is {record.status.value})")
+        raise ConflictError(f"this exception is not active (it is {record.status.value})")
     try:
         done = await revoke_and_switch_off(
             c.store, c.exchange, record.mailbox_guid, _actor(principal), now, c.settings.base.enforcement_mode,
@@ -503,11 +501,12 @@ async def revoke(c: Clients, exception_id: str, principal: Principal, now: datet
     if done is None or not done.revoked:  # superseded or revoked while this ran
         current = await c.store.exceptions.get(exception_id)
         status = current.status.value if current else "gone"
-        raise HttpError(409, f"this exception is not active (it is {status})")
+        raise ConflictError(f"this exception is not active (it is {status})")
     about = record.id if await c.store.requests.get(record.id) else f"exception-{record.id}"
     await c.store.outbox.enqueue(_notification(about, NotificationKind.REVOKED, now, exception_id=record.id))
     if not done.switched_off:
-        raise HttpError(502, f"revoked, but SMTP AUTH could not be switched off now ({done.problem}); {done.next_step}")
+        problem = f"revoked, but SMTP AUTH could not be switched off now ({done.problem}); {done.next_step}"
+        raise NotSwitchedOffError(problem)
     return record
 
 
