@@ -55,82 +55,110 @@ async def apply_changes(
     and the next run plans it again. An exception from `on_applied` stops new batches, lets those in
     flight finish and is returned in `error`; everything applied is in `applied` either way.
     """
-    batches = [list(changes[i : i + BATCH_LIMIT]) for i in range(0, len(changes), BATCH_LIMIT)]
-    result = ApplyResult()
-    work: asyncio.Queue[list[Change]] = asyncio.Queue()
-    for batch in batches:
-        work.put_nowait(batch)
-    unrecorded: asyncio.Queue[list[Change] | None] = asyncio.Queue(maxsize=AUDIT_QUEUE_BATCHES)
+    run = _Application(exchange, changes, deadline, on_applied, on_progress)
+    return await run.execute(workers)
 
-    def should_stop() -> str:
+
+class _Application:
+    """One application of a plan: its work queue, its workers, its audit writer and their one result."""
+
+    def __init__(
+        self,
+        exchange: ExchangeClient,
+        changes: Sequence[Change],
+        deadline: float,
+        on_applied: Callable[[list[Change]], Awaitable[None]],
+        on_progress: Callable[[ApplyResult, int], None] | None,
+    ) -> None:
+        self.exchange = exchange
+        self.total = len(changes)
+        self.deadline = deadline
+        self.on_applied = on_applied
+        self.on_progress = on_progress
+        self.result = ApplyResult()
+        self.work: asyncio.Queue[list[Change]] = asyncio.Queue()
+        for i in range(0, len(changes), BATCH_LIMIT):
+            self.work.put_nowait(list(changes[i : i + BATCH_LIMIT]))
+        self.batches = self.work.qsize()
+        self.unrecorded: asyncio.Queue[list[Change] | None] = asyncio.Queue(maxsize=AUDIT_QUEUE_BATCHES)
+
+    async def execute(self, workers: int) -> ApplyResult:
+        writer = asyncio.create_task(self._write_audit())
+        tasks = [asyncio.create_task(self._work()) for _ in range(max(1, min(workers, self.batches)))]
+        try:
+            await asyncio.gather(*tasks)
+        except Exception as err:
+            # Something unforeseen (a defect, a broken progress pipe) in one worker: the others start no
+            # new batch, those in flight finish and are recorded, and the audit rows are still written.
+            self.result.stopped_by, self.result.unexpected = "error", err
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if not writer.done():
+                await self.unrecorded.put(None)
+            await writer
+            while not self.work.empty():
+                self.result.not_started.extend(self.work.get_nowait())
+        return self.result
+
+    def _stop_reason(self) -> str:
+        result = self.result
         if result.error is not None or result.stopped_by == "error":
             return "error"
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= self.deadline:
             return "time budget"
         if len(result.failed) >= FAILURE_LIMIT and len(result.failed) > len(result.applied):
             return "failures"
         return ""
 
-    async def worker() -> None:
-        while not work.empty():
-            reason = should_stop()
+    async def _work(self) -> None:
+        while not self.work.empty():
+            reason = self._stop_reason()
             if reason:
-                result.stopped_by = result.stopped_by or reason
+                self.result.stopped_by = self.result.stopped_by or reason
                 return
-            batch = work.get_nowait()
-            try:
-                outcomes = await exchange.set_smtp_auth_disabled_batch([(c.guid, c.after) for c in batch])
-            except ExchangeError as err:
-                result.failed.extend((c, str(err)) for c in batch)
-                continue
-            done = [c for c, o in zip(batch, outcomes, strict=True) if o.ok]
-            result.failed.extend((c, str(o.error)) for c, o in zip(batch, outcomes, strict=True) if not o.ok)
-            if done:
-                result.applied.extend(done)
-                await unrecorded.put(done)
-            if on_progress is not None:
-                on_progress(result, len(changes))
+            await self._apply(self.work.get_nowait())
+            if self.on_progress is not None:
+                self.on_progress(self.result, self.total)
 
-    async def audit_writer() -> None:
+    async def _apply(self, batch: list[Change]) -> None:
+        try:
+            outcomes = await self.exchange.set_smtp_auth_disabled_batch([(c.guid, c.after) for c in batch])
+        except ExchangeError as err:
+            self.result.failed.extend((c, str(err)) for c in batch)
+            return
+        done = [c for c, o in zip(batch, outcomes, strict=True) if o.ok]
+        self.result.failed.extend((c, str(o.error)) for c, o in zip(batch, outcomes, strict=True) if not o.ok)
+        if done:
+            self.result.applied.extend(done)
+            await self.unrecorded.put(done)
+
+    async def _write_audit(self) -> None:
         finished = False
         while not finished:
-            rows = await unrecorded.get()
+            rows = await self.unrecorded.get()
             if rows is None:
                 return
-            flush_at = time.monotonic() + AUDIT_MAX_DELAY
-            while len(rows) < AUDIT_ROWS_PER_WRITE and not finished:
-                while not unrecorded.empty() and len(rows) < AUDIT_ROWS_PER_WRITE:
-                    more = unrecorded.get_nowait()
-                    if more is None:
-                        finished = True
-                        break
-                    rows.extend(more)
-                if finished or len(rows) >= AUDIT_ROWS_PER_WRITE or time.monotonic() >= flush_at:
-                    break
-                await asyncio.sleep(AUDIT_POLL)  # polling, not wait_for: a cancelled get() could drop rows
+            finished = await self._gather_more(rows)
             try:
-                await on_applied(rows)
+                await self.on_applied(rows)
             except Exception as err:
-                result.error = err
-                _drain(unrecorded)
+                self.result.error = err
+                _drain(self.unrecorded)
                 return
 
-    writer = asyncio.create_task(audit_writer())
-    tasks = [asyncio.create_task(worker()) for _ in range(max(1, min(workers, len(batches))))]
-    try:
-        await asyncio.gather(*tasks)
-    except Exception as err:
-        # Something unforeseen (a defect, a broken progress pipe) in one worker: the others start no
-        # new batch, those in flight finish and are recorded, and the audit rows are still written.
-        result.stopped_by, result.unexpected = "error", err
-        await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        if not writer.done():
-            await unrecorded.put(None)
-        await writer
-        while not work.empty():
-            result.not_started.extend(work.get_nowait())
-    return result
+    async def _gather_more(self, rows: list[Change]) -> bool:
+        """Add what lands within AUDIT_MAX_DELAY to `rows`, up to a transaction's worth; True at the end."""
+        flush_at = time.monotonic() + AUDIT_MAX_DELAY
+        while len(rows) < AUDIT_ROWS_PER_WRITE:
+            while not self.unrecorded.empty() and len(rows) < AUDIT_ROWS_PER_WRITE:
+                more = self.unrecorded.get_nowait()
+                if more is None:
+                    return True
+                rows.extend(more)
+            if len(rows) >= AUDIT_ROWS_PER_WRITE or time.monotonic() >= flush_at:
+                break
+            await asyncio.sleep(AUDIT_POLL)  # polling, not wait_for: a cancelled get() could drop rows
+        return False
 
 
 def _drain(queue: asyncio.Queue[list[Change] | None]) -> None:

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Final
 
 from shared.bootstrap import Connections, connect
@@ -79,6 +80,14 @@ def _log_progress(message: str) -> None:
     logger.info(message)
 
 
+class _Resume(Enum):
+    """Where the next run of this mode starts, as a run ends."""
+
+    FROM_THIS_LISTING = "from this listing"  # the watermark moves to the start of this run's listing
+    WITH_A_FULL_RUN = "with a full run"  # the watermark stays and the next run lists everything
+    AS_BEFORE = "as before"  # nothing changes: over the cap, or a partial incremental run
+
+
 class _Sweep:
     def __init__(
         self,
@@ -122,6 +131,7 @@ class _Sweep:
         return summary
 
     async def _run_locked(self, request: SweepRequest, summary: RunSummary) -> None:
+        """Read desired and actual state, plan, then record or apply; the watermark is written once, at the end."""
         summary.actor = await actor_for(self.credential, self.settings.exchange_scope)
         now = self.clock()
         # Fail closed: an unreadable exception table raises here and the run changes nothing.
@@ -132,14 +142,23 @@ class _Sweep:
             self.progress("no finished sweep to resume from: running a full reconcile")
         since = None if summary.full else state.watermark - WATERMARK_OVERLAP  # type: ignore[operator]
         listing_started = self.clock()
+        listing_seconds = await self._list_and_plan(summary, exceptions, since, now)
+        resume = await self._conclude(request, summary, listing_seconds)
+        if resume is _Resume.FROM_THIS_LISTING:  # everything before the listing began is done
+            await self._save_state(summary, SweepState(watermark=listing_started, full_pending=False))
+        elif resume is _Resume.WITH_A_FULL_RUN:
+            await self._save_state(summary, SweepState(watermark=state.watermark, full_pending=True))
 
+    async def _list_and_plan(
+        self, summary: RunSummary, exceptions: dict[str, ExceptionRecord], since: datetime | None, now: datetime
+    ) -> float:
+        """Plan every listed mailbox into `summary.changes`, streaming the listing; returns its seconds."""
         org = await self.exchange.get_transport_config()
         summary.org_smtp_auth_disabled = org.get("SmtpClientAuthenticationDisabled")
         if summary.org_smtp_auth_disabled is not True:
             self.progress(
                 "warning: the organisation allows SMTP AUTH (Get-TransportConfig); mailboxes set to null follow it"
             )
-
         plan = PlanSummary()
         changes: list[Change] = []
         scope = "all mailboxes" if since is None else f"mailboxes changed since {since:%Y-%m-%d %H:%M:%S}Z"
@@ -149,30 +168,44 @@ class _Sweep:
             changes.extend(plan_changes(page, exceptions, now, plan))
             self.progress(f"listed {plan.scanned} mailboxes, {plan.changes} need a change")
         changes = await self._recheck(changes, exceptions, since, now)
-        listing_seconds = time.monotonic() - listing_clock
         summary.scanned, summary.planned = plan.scanned, len(changes)
         summary.by_reason = dict(Counter(change.reason.value for change in changes))
         summary.changes = changes
+        return time.monotonic() - listing_clock
 
+    async def _conclude(self, request: SweepRequest, summary: RunSummary, listing_seconds: float) -> _Resume:
+        """Record the plan (report mode, over the cap) or apply it; says where the next run resumes."""
         if request.confirm_plan is not None:
-            changes = await self._confirmed_changes(request.confirm_plan, changes, summary)
+            changes = await self._confirmed_changes(request.confirm_plan, summary.changes, summary)
+            await self._apply_all(summary, changes, listing_seconds)
+            # Only the reviewed changes were applied: what this listing found beyond them is not done.
+            resume = _Resume.WITH_A_FULL_RUN
         elif self.mode is EnforcementMode.REPORT:
-            await self._store_plan(summary, changes, PlanStatus.REPORTED)
+            await self._store_plan(summary, summary.changes, PlanStatus.REPORTED)
             summary.outcome = RunOutcome.REPORTED
-            summary.message = f"report mode: {len(changes)} changes planned, none applied (plan {summary.plan_id})"
-            await self._advance(summary, listing_started)
-            return
-        elif len(changes) > self.settings.max_changes_per_run:
-            await self._store_plan(summary, changes, PlanStatus.OVER_CAP)
+            summary.message = f"report mode: {summary.planned} changes planned, none applied (plan {summary.plan_id})"
+            resume = _Resume.FROM_THIS_LISTING
+        elif summary.planned > self.settings.max_changes_per_run:
+            await self._store_plan(summary, summary.changes, PlanStatus.OVER_CAP)
             summary.outcome = RunOutcome.OVER_CAP
             summary.message = (
-                f"{len(changes)} changes exceed MAX_CHANGES_PER_RUN={self.settings.max_changes_per_run}: "
+                f"{summary.planned} changes exceed MAX_CHANGES_PER_RUN={self.settings.max_changes_per_run}: "
                 f"none applied. Review plan {summary.plan_id}, then run "
                 f"`python -m shared.cli sweep --mode enforce --confirm-plan {summary.plan_id}`"
             )
             logger.error("SMTP AUTH Guard: %s", summary.message)
-            return
+            resume = _Resume.AS_BEFORE
+        else:
+            await self._apply_all(summary, summary.changes, listing_seconds)
+            # A partial incremental run is listed again from the old watermark; a partial full run is redone.
+            if summary.outcome is not RunOutcome.PARTIAL:
+                resume = _Resume.FROM_THIS_LISTING
+            else:
+                resume = _Resume.WITH_A_FULL_RUN if summary.full else _Resume.AS_BEFORE
+        return resume
 
+    async def _apply_all(self, summary: RunSummary, changes: list[Change], listing_seconds: float) -> None:
+        """Apply `changes` and say in the summary how it went; StoreError when the audit trail failed."""
         result = await self._apply(summary, changes)
         summary.applied = len(result.applied)
         summary.failed = len(result.failed)
@@ -180,38 +213,25 @@ class _Sweep:
         summary.errors = sorted({error for _, error in result.failed})[:20]
         if result.error is not None:
             raise StoreError(f"the audit trail could not be written, so the run stopped: {result.error}")
-        if result.failed or result.not_started:
-            summary.outcome = RunOutcome.PARTIAL
-            stop = f", stopped by {result.stopped_by}" if result.stopped_by else ""
-            if result.unexpected is not None:
-                stop += f" ({type(result.unexpected).__name__}: {result.unexpected})"
-                logger.error("SMTP AUTH Guard: run %s stopped", summary.run_id, exc_info=result.unexpected)
-            summary.message = (
-                f"applied {summary.applied} of {len(changes)} changes, {summary.failed} failed, "
-                f"{summary.remaining} left for the next run{stop}"
-            )
-            if result.stopped_by == "time budget" and not result.applied:
-                # Every run would list again and stop here: say what to change rather than stall.
-                summary.message += (
-                    f". The listing alone took {listing_seconds:.0f} s of SWEEP_TIME_BUDGET_SECONDS="
-                    f"{self.settings.sweep_time_budget_seconds}: raise it (and the host's functionTimeout) "
-                    "for a tenant this size"
-                )
-            if summary.full:
-                await self.store.state.save_sweep_state(
-                    self.mode.value, SweepState(watermark=state.watermark, full_pending=True), summary.run_id
-                )
+        if not (result.failed or result.not_started):
+            summary.outcome, summary.message = RunOutcome.COMPLETED, f"applied {summary.applied} changes"
             return
-        summary.outcome = RunOutcome.COMPLETED
-        summary.message = f"applied {summary.applied} changes"
-        if request.confirm_plan is not None:
-            # Only the reviewed changes were applied: what this listing found beyond them is not done,
-            # so the watermark stays and the next run is a full one.
-            await self.store.state.save_sweep_state(
-                self.mode.value, SweepState(watermark=state.watermark, full_pending=True), summary.run_id
+        summary.outcome = RunOutcome.PARTIAL
+        stop = f", stopped by {result.stopped_by}" if result.stopped_by else ""
+        if result.unexpected is not None:
+            stop += f" ({type(result.unexpected).__name__}: {result.unexpected})"
+            logger.error("SMTP AUTH Guard: run %s stopped", summary.run_id, exc_info=result.unexpected)
+        summary.message = (
+            f"applied {summary.applied} of {len(changes)} changes, {summary.failed} failed, "
+            f"{summary.remaining} left for the next run{stop}"
+        )
+        if result.stopped_by == "time budget" and not result.applied:
+            # Every run would list again and stop here: say what to change rather than stall.
+            summary.message += (
+                f". The listing alone took {listing_seconds:.0f} s of SWEEP_TIME_BUDGET_SECONDS="
+                f"{self.settings.sweep_time_budget_seconds}: raise it (and the host's functionTimeout) "
+                "for a tenant this size"
             )
-            return
-        await self._advance(summary, listing_started)
 
     async def _recheck(
         self, changes: list[Change], exceptions: dict[str, ExceptionRecord], since: datetime | None, now: datetime
@@ -302,11 +322,8 @@ class _Sweep:
             on_progress=report,
         )
 
-    async def _advance(self, summary: RunSummary, listing_started: datetime) -> None:
-        """Move the watermark to the start of this run's listing: everything before it is done."""
-        await self.store.state.save_sweep_state(
-            self.mode.value, SweepState(watermark=listing_started, full_pending=False), summary.run_id
-        )
+    async def _save_state(self, summary: RunSummary, state: SweepState) -> None:
+        await self.store.state.save_sweep_state(self.mode.value, state, summary.run_id)
 
     async def _write_summary(self, summary: RunSummary) -> None:
         try:
