@@ -23,7 +23,7 @@ from shared.errors import StoreError
 from shared.microsoft.exchange import ExchangeClient
 from shared.microsoft.identity import build_credential
 from shared.microsoft.transport import transport_options
-from shared.settings import Settings, WorkflowSettings, load_workflow_settings
+from shared.settings import Settings, WorkflowSettings, load_settings, load_workflow_settings
 from shared.storage import Store
 from shared.storage.tables import STORE_RETRIES
 
@@ -85,7 +85,8 @@ async def connect(settings: Settings, credential: AsyncTokenCredential | None = 
 
 @dataclass(slots=True)
 class Clients:
-    settings: WorkflowSettings
+    settings: Settings
+    workflow: WorkflowSettings
     credential: AsyncTokenCredential
     store: Store
     exchange: ExchangeClient
@@ -99,27 +100,27 @@ class Clients:
         """The install marker check, at most every MARKER_RECHECK seconds per process and settings."""
         if time.monotonic() - self.marker_checked_at < MARKER_RECHECK:
             return
-        await self.store.state.require_marker(self.settings.base.tenant_id)
+        await self.store.state.require_marker(self.settings.tenant_id)
         self.marker_checked_at = time.monotonic()
 
 
-_cache: dict[tuple[int, WorkflowSettings], Clients] = {}
+_cache: dict[tuple[int, Settings, WorkflowSettings], Clients] = {}
 
 
 async def clients() -> Clients:
     """The workflow's clients for the current settings; SettingsError names a bad setting."""
-    settings = load_workflow_settings()
-    key = (id(asyncio.get_running_loop()), settings)
+    settings, workflow = load_settings(), load_workflow_settings()
+    key = (id(asyncio.get_running_loop()), settings, workflow)
     found = _cache.get(key)
     if found is None:
         credential = build_credential()
-        base = settings.base
         found = Clients(
             settings=settings,
+            workflow=workflow,
             credential=credential,
-            store=open_store(base, credential),
-            exchange=open_exchange(base, credential),
-            graph=open_graph(base, credential),
+            store=open_store(settings, credential),
+            exchange=open_exchange(settings, credential),
+            graph=open_graph(settings, credential),
         )
         _cache[key] = found
     return found

@@ -186,9 +186,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
 @dataclass(frozen=True, slots=True)
 class WorkflowSettings:
-    """Settings of the request and approval workflow, on top of the sweep settings."""
+    """Settings of the request and approval workflow; the tenant, storage and limits are in `Settings`."""
 
-    base: Settings
     public_base_url: str
     notify_from: str
     approver_group_id: str | None
@@ -238,13 +237,11 @@ def _date(env: Mapping[str, str], name: str) -> date | None:
 
 def load_workflow_settings(env: Mapping[str, str] | None = None) -> WorkflowSettings:
     env = os.environ if env is None else env
-    base = load_settings(env)
     group, approvers = _approvers(env)
     teams = _raw(env, "TEAMS_WORKFLOW_URL")
     if teams is not None and not teams.startswith("https://"):
         raise SettingsError("TEAMS_WORKFLOW_URL", "the https:// URL of a Teams Workflows webhook")
     return WorkflowSettings(
-        base=base,
         public_base_url=_public_base_url(env),
         notify_from=_mail_address(env, "NOTIFY_FROM"),
         approver_group_id=group,

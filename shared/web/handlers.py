@@ -102,7 +102,7 @@ def _route_id(req: func.HttpRequest) -> str:
 
 async def _csrf(req: func.HttpRequest, principal: Principal, c: Clients) -> tuple[str, dict[str, str]]:
     """A CSRF token for this user's form, and its Set-Cookie header when a new one was made."""
-    return csrf_token(req, c.settings.public_base_url, await c.store.state.csrf_secret(), principal.object_id)
+    return csrf_token(req, c.workflow.public_base_url, await c.store.state.csrf_secret(), principal.object_id)
 
 
 async def _check_post(req: func.HttpRequest, fields: dict[str, str], principal: Principal, c: Clients) -> None:
@@ -111,16 +111,15 @@ async def _check_post(req: func.HttpRequest, fields: dict[str, str], principal: 
     JSON bodies need a CORS preflight cross-site, which is never allowed, so they need no token.
     """
     if is_json_body(req):
-        check_same_origin(req, c.settings.public_base_url)
+        check_same_origin(req, c.workflow.public_base_url)
     else:
-        check_csrf(req, fields, c.settings.public_base_url, await c.store.state.csrf_secret(), principal.object_id)
+        check_csrf(req, fields, c.workflow.public_base_url, await c.store.state.csrf_secret(), principal.object_id)
 
 
 # -- the request form and submission ------------------------------------------------------------------------
 
 
 def _form_context(c: Clients, principal: Principal, values: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
-    settings = c.settings
     return {
         "values": values,
         "errors": errors,
@@ -128,11 +127,11 @@ def _form_context(c: Clients, principal: Principal, values: dict[str, str], erro
         "sender_kinds": list(SenderKind),
         "alternatives": list(AlternativesReason),
         "auth_methods": list(AuthMethod),
-        "max_days": settings.base.exception_max_days,
+        "max_days": c.settings.exception_max_days,
         "basic_max_days": longest_days(
-            AuthMethod.BASIC, settings.base.exception_max_days, settings.basic_auth_retirement_date, utc_now()
+            AuthMethod.BASIC, c.settings.exception_max_days, c.workflow.basic_auth_retirement_date, utc_now()
         ),
-        "retirement": settings.basic_auth_retirement_date,
+        "retirement": c.workflow.basic_auth_retirement_date,
         "csrf_field": CSRF_FIELD,
     }
 
@@ -150,10 +149,9 @@ async def submit(req: func.HttpRequest, principal: Principal, c: Clients) -> fun
     fields = read_input(req)
     as_json = is_json_body(req)
     await _check_post(req, fields, principal, c)
-    settings = c.settings
     try:
         draft = validate_request(
-            fields, principal, settings.base.exception_max_days, settings.basic_auth_retirement_date, utc_now()
+            fields, principal, c.settings.exception_max_days, c.workflow.basic_auth_retirement_date, utc_now()
         )
         request = await submit_request(c, draft, principal, utc_now())
     except Refusal as refusal:
@@ -212,7 +210,7 @@ async def approval_page(req: func.HttpRequest, principal: Principal, c: Clients)
         csrf=csrf,
         csrf_field=CSRF_FIELD,
         own_stake=own_stake(request, principal),
-        retirement=c.settings.basic_auth_retirement_date,
+        retirement=c.workflow.basic_auth_retirement_date,
     )
 
 
@@ -270,7 +268,7 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 
 async def _storage_check(c: Clients) -> str:
     try:
-        await c.store.state.require_marker(c.settings.base.tenant_id)
+        await c.store.state.require_marker(c.settings.tenant_id)
     except NotInstalledError:
         return "not initialised: run `python -m shared.cli init`"
     except WrongTenantError:

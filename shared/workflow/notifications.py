@@ -89,13 +89,13 @@ async def _deliver(c: Clients, item: OutboxItem, now: datetime) -> bool:
             return False
         request, etag = loaded
     exception = await c.store.exceptions.get(item.exception_id or (request.id if request else ""))
-    base = c.settings.public_base_url
+    base = c.workflow.public_base_url
     context: dict[str, Any] = {
         "request": request,
         "exception": exception,
         "base_url": base,
         "now": now,
-        "retirement": c.settings.basic_auth_retirement_date,
+        "retirement": c.workflow.basic_auth_retirement_date,
     }
     kind = item.kind
     if kind is NotificationKind.APPROVAL_REQUEST:
@@ -107,9 +107,9 @@ async def _deliver(c: Clients, item: OutboxItem, now: datetime) -> bool:
         context["approval_url"] = f"{base}/api/approvals/{request.id}#{urlencode({'token': token})}"
         return await _mail(c, await approver_mails(c), kind.value, context)
     if kind is NotificationKind.TEAMS_CARD:
-        if request is None or not c.settings.teams_workflow_url:
+        if request is None or not c.workflow.teams_workflow_url:
             return False
-        await post_teams_card(c.settings.teams_workflow_url, _card(request, base))
+        await post_teams_card(c.workflow.teams_workflow_url, _card(request, base))
         return True
     if kind in (
         NotificationKind.REMINDER_14,
@@ -137,18 +137,18 @@ async def _mail(c: Clients, recipients: list[str], template: str, context: dict[
     if not to:
         return False
     subject, text, html = render_mail(template, **context)
-    await c.graph.send_mail(c.settings.notify_from, to, subject, html, text)
+    await c.graph.send_mail(c.workflow.notify_from, to, subject, html, text)
     return True
 
 
 async def approver_mails(c: Clients) -> list[str]:
     mails: list[str] = []
-    for object_id in sorted(c.settings.approvers):
+    for object_id in sorted(c.workflow.approvers):
         user = await c.graph.get_user(object_id)
         if user is not None and user.mail:
             mails.append(user.mail)
-    if c.settings.approver_group_id:
-        mails += await c.graph.group_member_mails(c.settings.approver_group_id)
+    if c.workflow.approver_group_id:
+        mails += await c.graph.group_member_mails(c.workflow.approver_group_id)
     return mails
 
 

@@ -174,7 +174,6 @@ def _notification(
 
 async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, now: datetime) -> ExceptionRequest:
     """Store a pending request and its notices. Refusals raise a Refusal; nothing is left reserved."""
-    settings = c.settings
     mailbox, owner = await asyncio.gather(
         c.exchange.find_mailbox(draft.mailbox), _resolved_owner(c, draft.owner, principal)
     )
@@ -204,14 +203,14 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
         requester_upn=principal.upn,
         status=RequestStatus.PENDING,
         created_at=now,
-        expires_at=now + timedelta(days=settings.request_pending_days),
+        expires_at=now + timedelta(days=c.workflow.request_pending_days),
         renews_exception_id=draft.renews,
         owner_id=owner.object_id if owner else "",
         mailbox_user_id=mailbox.user_id,
     )
     try:
         notices = _submission_notices(c, request, now)
-        await c.store.requests.create(request, notices, settings.request_rate_limit_per_day)
+        await c.store.requests.create(request, notices, c.workflow.request_rate_limit_per_day)
     except GuardError as err:
         await release_reservations(c, request)
         if isinstance(err, DailyLimitError):
@@ -237,7 +236,7 @@ async def _resolved_owner(c: Clients, address: str, principal: Principal) -> Rec
 async def _reserve(c: Clients, principal: Principal, mailbox: MailboxState, request_id: str, now: datetime) -> None:
     """One of the requester's pending slots first (so a squatter at the cap cannot even probe), then the mailbox."""
     try:
-        limit = c.settings.request_pending_per_requester
+        limit = c.workflow.request_pending_per_requester
         await c.store.requests.claim_pending_slot(principal.object_id, request_id, now, limit)
     except PendingLimitError as err:
         raise PendingLimitError(str(err), {"form": str(err)}) from None
@@ -270,7 +269,7 @@ async def release_reservations(c: Clients, request: ExceptionRequest) -> None:
 def _submission_notices(c: Clients, request: ExceptionRequest, now: datetime) -> list[OutboxItem]:
     # Filed under the requester: the approval notice takes one of the requester's daily slots.
     notify = [_notification(request.id, NotificationKind.APPROVAL_REQUEST, now, requester_id=request.requester_id)]
-    if c.settings.teams_workflow_url:
+    if c.workflow.teams_workflow_url:
         notify.append(_notification(request.id, NotificationKind.TEAMS_CARD, now))
     if request.mailbox_user_id and request.mailbox_user_id != request.requester_id:
         notify.append(_notification(request.id, NotificationKind.MAILBOX_NOTICE, now))  # someone else's mailbox
@@ -281,9 +280,9 @@ def _submission_notices(c: Clients, request: ExceptionRequest, now: datetime) ->
 
 
 async def is_approver(c: Clients, principal: Principal) -> bool:
-    if principal.object_id in c.settings.approvers:
+    if principal.object_id in c.workflow.approvers:
         return True
-    group = c.settings.approver_group_id
+    group = c.workflow.approver_group_id
     return bool(group) and await c.graph.is_member(principal.object_id, group)  # type: ignore[arg-type]
 
 
@@ -347,9 +346,8 @@ class Decision:
 
 def grantable_days(c: Clients, request: ExceptionRequest, now: datetime) -> int:
     """The most days an approver may grant now: the request's, within today's caps (Basic's retirement)."""
-    settings = c.settings
-    retirement = settings.basic_auth_retirement_date
-    return min(request.days, longest_days(request.auth_method, settings.base.exception_max_days, retirement, now))
+    retirement = c.workflow.basic_auth_retirement_date
+    return min(request.days, longest_days(request.auth_method, c.settings.exception_max_days, retirement, now))
 
 
 def validate_decision(fields: Mapping[str, str], grantable: int) -> Decision:
@@ -493,7 +491,7 @@ async def revoke(c: Clients, exception_id: str, principal: Principal, now: datet
         raise ConflictError(f"this exception is not active (it is {record.status.value})")
     try:
         done = await revoke_and_switch_off(
-            c.store, c.exchange, record.mailbox_guid, _actor(principal), now, c.settings.base.enforcement_mode,
+            c.store, c.exchange, record.mailbox_guid, _actor(principal), now, c.settings.enforcement_mode,
             only_id=record.id,
         )  # fmt: skip
     except RefusedError:
