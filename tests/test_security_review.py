@@ -127,7 +127,7 @@ async def test_the_csrf_key_is_made_once_by_an_insert_that_every_worker_agrees_o
 
 
 def test_the_cookie_is_host_prefixed_secure_and_strict_over_https() -> None:
-    from shared.web.responses import csrf_token
+    from shared.web.csrf import csrf_token
 
     request = func.HttpRequest(method="GET", url="https://guard.contoso.com/api/exceptions/new", body=b"")
     token, headers = csrf_token(request, "https://guard.contoso.com", b"k" * 32, "00000000-0000-0000-0000-000000000001")

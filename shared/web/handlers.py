@@ -21,22 +21,11 @@ from shared.model.exception_records import AuthMethod
 from shared.model.principal import Principal
 from shared.model.requests import AlternativesReason, RequestStatus, SenderKind
 from shared.settings import SettingsError
+from shared.web.body import is_json_body, read_input, wants_json
+from shared.web.csrf import CSRF_FIELD, check_csrf, check_same_origin, csrf_token
 from shared.web.principal import principal_from_headers
 from shared.web.refusals import ANSWERED, http_error
-from shared.web.responses import (
-    CSRF_FIELD,
-    LINK_CODE_HEADERS,
-    HttpError,
-    check_csrf,
-    check_same_origin,
-    csrf_token,
-    html,
-    is_json_body,
-    json_response,
-    read_input,
-    redirect,
-    wants_json,
-)
+from shared.web.responses import LINK_CODE_HEADERS, HttpError, html, json_response, redirect
 from shared.workflow.requests import (
     FIELDS,
     decide,
