@@ -1,7 +1,7 @@
 """Exception requests over HTTP: the form, the JSON API, the status page, and revoke.
 
 Auth level is anonymous: App Service Authentication (Easy Auth) signs users in and the app checks
-who they are (shared/principal.py). Handlers are imported on first call to keep indexing light.
+who they are (shared/web/principal.py). Handlers are imported on first call to keep indexing light.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def valid_request(mailbox: str, owner: str, **overrides: str) -> dict[str, str]:
 
 
 async def grant_as_admin(store: Any, address: str, device: str = "MFP") -> Any:
-    """`exceptions add` for a 30-day OAuth exception, through the registry and the real Exchange client."""
+    """`exceptions add` for a 30-day OAuth exception, through the one grant path and the real Exchange client."""
     from datetime import UTC, datetime
 
     from shared.microsoft.exchange import ExchangeClient

@@ -50,7 +50,7 @@ CAS_SELECT: Final = ("Guid", "PrimarySmtpAddress", "SmtpClientAuthenticationDisa
 ONE_MAILBOX_SELECT: Final = (*CAS_SELECT, "ExternalDirectoryObjectId")
 RECIPIENT_SELECT: Final = ("Guid", "PrimarySmtpAddress", "ExternalDirectoryObjectId", "RecipientTypeDetails")
 # Exchange reads `*` in an -Identity as a wildcard; no caller may ever send one (the input rules refuse
-# it too, in shared/validation.py).
+# it too, in shared/workflow/validation.py).
 _WILDCARD: Final = "*"
 # Throttled or failing sub-requests of a $batch are invisible to the pipeline; this bounds their re-sends.
 BATCH_ITEM_ATTEMPTS: Final = 6

@@ -1,4 +1,4 @@
-"""The exception registry: granting, listing and revoking SMTP AUTH exceptions.
+"""Granting, listing and revoking SMTP AUTH exceptions: the one grant path and the one revoke path.
 
 Every write checks its input first and the install marker second, so bad input changes nothing.
 """
@@ -165,7 +165,7 @@ async def switch_smtp_auth(
 
 async def active_mailboxes(store: Store, tenant_id: str, mailbox: str, now: datetime) -> set[str]:
     """The GUIDs of the mailboxes with this address that hold an active exception. Found in the
-    registry, not in Exchange, so a deleted mailbox can still be revoked."""
+    exception table, not in Exchange, so a deleted mailbox can still be revoked."""
     address = mailbox_address("mailbox", mailbox)
     await store.state.require_marker(tenant_id)
     guids = {r.mailbox_guid for r in await store.exceptions.all() if r.mailbox_address == address and r.is_active(now)}

@@ -12,7 +12,7 @@ from shared.errors import InputError
 # Deliberately narrower than RFC 5322: Exchange primary SMTP addresses are plain local@domain. Only
 # characters that Exchange reads literally in an -Identity are allowed: no `*` (a wildcard), no
 # double quotes, braces, `|`, `=`, `?` or `%` (OPATH operators and escapes). An apostrophe (o'brien@)
-# stays: addresses never go into a -Filter (see shared/exchange.py).
+# stays: addresses never go into a -Filter (see shared/microsoft/exchange.py).
 _ADDRESS: Final = re.compile(r"^[A-Za-z0-9._+!#$&'^`~-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$", re.ASCII)
 MAX_ADDRESS: Final = 254
 _DIGITS: Final = re.compile(r"[0-9]{1,9}", re.ASCII)
