@@ -8,8 +8,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Final, Self
+
+from devservices.lifecycle import Service, stop_process
 
 REPO: Final = Path(__file__).resolve().parent.parent
 AZURITE_TABLE: Final = REPO / "node_modules" / ".bin" / "azurite-table"
@@ -36,7 +37,7 @@ def table_connection_string(port: int) -> str:
     )
 
 
-class Azurite:
+class Azurite(Service):
     """Azurite's table service in memory; a context manager that always stops it."""
 
     def __init__(self, port: int | None = None) -> None:
@@ -80,6 +81,9 @@ class Azurite:
                 return self
             except OSError:
                 if self._process.poll() is not None or time.monotonic() > deadline:
+                    if self._process.poll() is None:  # running but not listening: reading stderr would block
+                        self._process.kill()
+                        self._process.wait()
                     detail = self._process.stderr.read().decode()[:500] if self._process.stderr else ""
                     self.stop()
                     raise AzuriteError(f"Azurite did not start on port {self.port}: {detail}") from None
@@ -87,20 +91,8 @@ class Azurite:
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+            stop_process(self._process, timeout=10)
             self._process = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -57,13 +57,28 @@ class UsersError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class Principal:
-    """A signed-in Entra ID user, as Easy Auth describes them to the app."""
+class EasyAuthUser:
+    """A user signed in to Easy Auth, as the platform describes them to the app in its headers.
+
+    Named apart from the app's own `shared.model.principal.Principal`, which the app reads back from
+    these headers: this is the platform's side of that exchange.
+    """
 
     oid: str
     upn: str
     name: str
     tid: str | None = None
+
+    @classmethod
+    def from_directory(cls, user: Mapping[str, Any], tenant_id: str | None = None) -> EasyAuthUser:
+        """A directory user (`{"id","userPrincipalName","displayName"[,"tenantId"]}`), signed in."""
+        upn = str(user["userPrincipalName"])
+        return cls(
+            oid=str(user["id"]),
+            upn=upn,
+            name=str(user.get("displayName") or upn),
+            tid=str(user.get("tenantId") or tenant_id or "") or None,
+        )
 
     def claims(self) -> list[dict[str, str]]:
         claims = [
@@ -76,7 +91,7 @@ class Principal:
         return claims
 
     def headers(self) -> dict[str, str]:
-        """The request headers App Service injects for this principal."""
+        """The request headers App Service injects for this user."""
         document = {
             "auth_typ": PROVIDER,
             "claims": self.claims(),
@@ -94,17 +109,6 @@ class Principal:
     def me(self) -> list[dict[str, Any]]:
         """The body of `GET /.auth/me` (without tokens: this host has none)."""
         return [{"provider_name": PROVIDER, "user_id": self.upn, "user_claims": self.claims()}]
-
-
-def principal_from_user(user: Mapping[str, Any], tenant_id: str | None = None) -> Principal:
-    """A directory user (`{"id","userPrincipalName","displayName"[,"tenantId"]}`) as a principal."""
-    upn = str(user["userPrincipalName"])
-    return Principal(
-        oid=str(user["id"]),
-        upn=upn,
-        name=str(user.get("displayName") or upn),
-        tid=str(user.get("tenantId") or tenant_id or "") or None,
-    )
 
 
 def is_reserved_header(name: str) -> bool:
@@ -136,28 +140,28 @@ def _normalise(path: str) -> tuple[str, ...]:
 
 
 class SessionStore:
-    """Server-side sessions: random token -> principal, with App Service's default lifetime."""
+    """Server-side sessions: random token -> signed-in user, with App Service's default lifetime."""
 
     def __init__(self, ttl_seconds: float = SESSION_TTL_SECONDS) -> None:
         self._ttl = ttl_seconds
-        self._sessions: dict[str, tuple[Principal, float]] = {}
+        self._sessions: dict[str, tuple[EasyAuthUser, float]] = {}
 
-    def create(self, principal: Principal) -> str:
+    def create(self, user: EasyAuthUser) -> str:
         token = secrets.token_urlsafe(32)
-        self._sessions[token] = (principal, time.monotonic() + self._ttl)
+        self._sessions[token] = (user, time.monotonic() + self._ttl)
         return token
 
-    def get(self, token: str | None) -> Principal | None:
+    def get(self, token: str | None) -> EasyAuthUser | None:
         if not token:
             return None
         entry = self._sessions.get(token)
         if entry is None:
             return None
-        principal, expires = entry
+        user, expires = entry
         if time.monotonic() >= expires:
             del self._sessions[token]
             return None
-        return principal
+        return user
 
     def delete(self, token: str | None) -> None:
         if token:
@@ -225,15 +229,15 @@ class EasyAuth:
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             raise UsersError(f"could not load users from {self._users_url}: {err}") from err
 
-    async def principal_for(self, user_id: str) -> Principal:
+    async def user_for(self, user_id: str) -> EasyAuthUser:
         for user in await self.users():
             if str(user["id"]) == user_id:
-                return principal_from_user(user, self._tenant_id or os.environ.get("AZURE_TENANT_ID"))
+                return EasyAuthUser.from_directory(user, self._tenant_id or os.environ.get("AZURE_TENANT_ID"))
         raise KeyError(user_id)
 
     async def create_session(self, user_id: str) -> str:
         """A session for a known user, as after signing in; returns the cookie value."""
-        return self.sessions.create(await self.principal_for(user_id))
+        return self.sessions.create(await self.user_for(user_id))
 
     # --- middleware --------------------------------------------------------------------------------
 
@@ -250,9 +254,9 @@ class EasyAuth:
         headers = CIMultiDict((name, value) for name, value in request.headers.items() if not is_reserved_header(name))
         raw_path = request.rel_url.raw_path
         if not self._is_exempt(raw_path):
-            principal = self.sessions.get(request.cookies.get(SESSION_COOKIE))
-            if principal is not None:
-                headers.update(principal.headers())
+            signed_in = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+            if signed_in is not None:
+                headers.update(signed_in.headers())
             elif not self.is_anonymous(raw_path):
                 return self._challenge(request)
         return await handler(request.clone(headers=headers))
@@ -295,7 +299,7 @@ class EasyAuth:
         if redirect is None:
             return _page("Sign-in refused", "<p>The redirect address must be a path on this site.</p>", status=400)
         try:
-            principal = await self.principal_for(user_id)
+            signed_in = await self.user_for(user_id)
         except KeyError:
             return _page("Sign-in refused", "<p>Unknown user.</p>", status=400)
         except UsersError as err:
@@ -303,14 +307,14 @@ class EasyAuth:
             return _page("Sign-in unavailable", "<p>The user list could not be loaded.</p>", status=502)
         self.sessions.delete(request.cookies.get(SESSION_COOKIE))  # a fresh token on every sign-in
         response = _redirect(redirect)
-        response.set_cookie(SESSION_COOKIE, self.sessions.create(principal), httponly=True, samesite="Lax", path="/")
+        response.set_cookie(SESSION_COOKIE, self.sessions.create(signed_in), httponly=True, samesite="Lax", path="/")
         return response
 
     async def me(self, request: web.Request) -> web.StreamResponse:
-        principal = self.sessions.get(request.cookies.get(SESSION_COOKIE))
-        if principal is None:
+        signed_in = self.sessions.get(request.cookies.get(SESSION_COOKIE))
+        if signed_in is None:
             return web.json_response({"error": "unauthenticated"}, status=401)
-        return web.json_response(principal.me(), headers={"Cache-Control": "no-store"})
+        return web.json_response(signed_in.me(), headers={"Cache-Control": "no-store"})
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         self.sessions.delete(request.cookies.get(SESSION_COOKIE))

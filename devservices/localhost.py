@@ -2,9 +2,12 @@
 
 Azure Functions Core Tools cannot run here, so this plays the platform's part on loopback:
 
-* the same function objects as on Azure: `function_app.app.get_functions()`, read once; each HTTP
-  trigger is served at `/{routePrefix}/{route}` with the host's route template rules, and the
-  request and response go through `azure.functions`' own HTTP converters (the worker's code path);
+* the same function objects as on Azure: `function_app.app.get_functions()`, read once
+  (`devservices.indexing`); each HTTP trigger is served at `/{routePrefix}/{route}`, with the few
+  route forms the app uses (`devservices.routes`: literals, `{name}`, `{name:guid}`; anything else
+  is refused when the app is indexed, and so are routes the Functions host reserves, `admin...`);
+* requests, responses and timer runs go through `azure.functions`' own converters, the worker's
+  code path (`devservices.conversion`);
 * timers run on demand through Core Tools' admin API, `POST /admin/functions/{name}`, which refuses
   a browser's cross-site request (a foreign `Origin`, `Origin: null`, `Sec-Fetch-Site: cross-site`);
 * App Service Authentication (Easy Auth) with Entra ID, see `devservices.easyauth`.
@@ -19,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import inspect
 import ipaddress
 import json
 import logging
@@ -28,35 +30,42 @@ import re
 import signal
 import sys
 import threading
-import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, Final, Self
 
 import azure.functions as func
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from azure.functions import meta
-from azure.functions.http import HttpRequestConverter, HttpResponseConverter
-from azure.functions.timer import TimerRequestConverter
-from multidict import CIMultiDict
 from yarl import URL
 
+from devservices.conversion import manual_timer_request, to_aiohttp_response, to_azure_request
 from devservices.easyauth import EasyAuth, path_segments
+from devservices.indexing import REPO, HostError, IndexedFunction, index_functions, invoke
+from devservices.lifecycle import Service
+from devservices.routes import RouteError, RouteTemplate
 
-REPO: Final = Path(__file__).resolve().parent.parent
+# Imported from here by tests, the demo and scripts; the rest of the host lives in the modules above.
+__all__ = [
+    "REPO",
+    "HostError",
+    "IndexedFunction",
+    "LocalHost",
+    "RouteError",
+    "RouteTemplate",
+    "index_functions",
+    "main",
+    "read_settings",
+    "route_prefix_from_host_json",
+]
+
 LOCAL_SETTINGS: Final = REPO / "local.settings.json"
 HOST_JSON: Final = REPO / "host.json"
 # The Functions host's default request size limit (100 MB): the app enforces its own, smaller one.
 MAX_REQUEST_BYTES: Final = 100 * 1024 * 1024
 EASY_AUTH_SETTING: Final = "WEBSITE_AUTH_ENABLED"
-# Headers the server computes itself; a function's values for them would be wrong or harmful.
-_HOP_BY_HOP: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 _LOOPBACK_NAMES: Final = frozenset({"localhost"})
 # An Origin header as browsers serialise it: scheme, host and an optional port, nothing else.
 _ORIGIN = re.compile(
@@ -69,293 +78,6 @@ _OWN_FETCH_SITES: Final = frozenset({"same-origin", "none"})
 log = logging.getLogger("devservices.localhost")
 
 
-class HostError(RuntimeError):
-    """The app cannot be hosted: a bad route template, a missing settings file, a port in use."""
-
-
-# --- route templates ---------------------------------------------------------------------------------
-
-_INT32: Final = (-(2**31), 2**31 - 1)
-_INT64: Final = (-(2**63), 2**63 - 1)
-_INTEGER = re.compile(r"[+-]?\d+")
-_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
-_DOUBLE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_HEX = "[0-9a-fA-F]"
-_GUID_D = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
-_GUID = re.compile(rf"{_GUID_D}|\{{{_GUID_D}\}}|\({_GUID_D}\)|{_HEX}{{32}}")
-_ALPHA = re.compile(r"[A-Za-z]+")
-
-Check = Callable[[str], bool]
-
-
-def _integer(low: int, high: int) -> Check:
-    return lambda value: bool(_INTEGER.fullmatch(value)) and low <= int(value) <= high
-
-
-def _is_datetime(value: str) -> bool:
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _numbers(args: str | None, count: int, constraint: str) -> list[int]:
-    try:
-        numbers = [int(part) for part in (args or "").split(",")]
-    except ValueError:
-        numbers = []
-    if len(numbers) != count:
-        raise HostError(f"route constraint {constraint} needs {count} integer argument(s)")
-    return numbers
-
-
-def _length(args: str | None) -> Check:
-    parts = (args or "").split(",")
-    low, high = _numbers(args, len(parts), "length") if len(parts) == 2 else _numbers(args, 1, "length") * 2
-    return lambda value: low <= len(value) <= high
-
-
-def _constraint(name: str, args: str | None) -> Check:
-    """One of ASP.NET Core's inline route constraints, which the Functions host uses."""
-    lowered = name.lower()
-    simple: dict[str, Check] = {
-        "int": _integer(*_INT32),
-        "long": _integer(*_INT64),
-        "bool": lambda value: value.lower() in ("true", "false"),
-        "guid": lambda value: bool(_GUID.fullmatch(value)),
-        "alpha": lambda value: bool(_ALPHA.fullmatch(value)),
-        "decimal": lambda value: bool(_DECIMAL.fullmatch(value)),
-        "double": lambda value: bool(_DOUBLE.fullmatch(value)),
-        "float": lambda value: bool(_DOUBLE.fullmatch(value)),
-        "datetime": _is_datetime,
-    }
-    if lowered in simple:
-        return simple[lowered]
-    if lowered == "minlength":
-        (low,) = _numbers(args, 1, name)
-        return lambda value: len(value) >= low
-    if lowered == "maxlength":
-        (high,) = _numbers(args, 1, name)
-        return lambda value: len(value) <= high
-    if lowered == "length":
-        return _length(args)
-    if lowered == "min":
-        (low,) = _numbers(args, 1, name)
-        return lambda value: bool(_INTEGER.fullmatch(value)) and int(value) >= low
-    if lowered == "max":
-        (high,) = _numbers(args, 1, name)
-        return lambda value: bool(_INTEGER.fullmatch(value)) and int(value) <= high
-    if lowered == "range":
-        low, high = _numbers(args, 2, name)
-        return _integer(low, high)
-    if lowered == "regex" and args:
-        try:
-            pattern = re.compile(args, re.IGNORECASE)
-        except re.error as err:
-            raise HostError(f"route constraint regex({args}) is not a valid regular expression: {err}") from err
-        return lambda value: pattern.search(value) is not None
-    raise HostError(f"unknown route constraint {name!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class RouteParam:
-    name: str
-    checks: tuple[Check, ...] = ()
-    optional: bool = False
-    default: str | None = None
-    catch_all: bool = False
-
-    def accepts(self, value: str) -> bool:
-        return all(check(value) for check in self.checks)
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    pattern: re.Pattern[str]
-    params: tuple[RouteParam, ...]
-    rank: int  # ASP.NET Core's inbound precedence digit: literal 1, complex 2, constrained 3, plain 4, catch-all 5
-
-    @property
-    def param(self) -> RouteParam | None:
-        return self.params[0] if len(self.params) == 1 and self.pattern.pattern == "(?P<p0>.+)" else None
-
-
-def _parse_param(text: str) -> RouteParam:
-    catch_all = text.startswith("*")
-    text = text.lstrip("*")
-    match = re.match(r"[^:=?]+", text)
-    if not match:
-        raise HostError(f"route parameter {{{text}}} has no name")
-    name, rest = match.group(), text[match.end() :]
-    checks: list[Check] = []
-    while rest.startswith(":"):
-        constraint = re.match(r":(\w+)", rest)
-        if not constraint:
-            raise HostError(f"bad constraint in route parameter {{{text}}}")
-        rest = rest[constraint.end() :]
-        args = None
-        if rest.startswith("("):
-            # the argument ends at a ")" followed by the end, another constraint, "=" or "?"
-            ends = (i for i in range(1, len(rest)) if rest[i] == ")" and rest[i + 1 : i + 2] in ("", ":", "=", "?"))
-            close = next(ends, -1)
-            if close < 0:
-                raise HostError(f"unclosed constraint argument in route parameter {{{text}}}")
-            args, rest = rest[1:close], rest[close + 1 :]
-        checks.append(_constraint(constraint.group(1), args))
-    optional, default = False, None
-    if rest == "?":
-        optional = True
-    elif rest.startswith("="):
-        default = rest[1:]
-    elif rest:
-        raise HostError(f"bad route parameter {{{text}}}")
-    return RouteParam(name=name, checks=tuple(checks), optional=optional, default=default, catch_all=catch_all)
-
-
-def _split_segment(segment: str) -> list[str | RouteParam]:
-    """Literal text and parameters of one segment; `{{` and `}}` are literal braces."""
-    parts: list[str | RouteParam] = []
-    literal: list[str] = []
-    i = 0
-    while i < len(segment):
-        if segment.startswith("{{", i) or segment.startswith("}}", i):
-            literal.append(segment[i])
-            i += 2
-        elif segment[i] == "{":
-            j, text = i + 1, []
-            while True:
-                if j >= len(segment):
-                    raise HostError(f"unclosed parameter in route segment {segment!r}")
-                if segment.startswith("{{", j) or segment.startswith("}}", j):
-                    text.append(segment[j])
-                    j += 2
-                elif segment[j] == "}":
-                    break
-                else:
-                    text.append(segment[j])
-                    j += 1
-            if literal:
-                parts.append("".join(literal))
-                literal = []
-            parts.append(_parse_param("".join(text)))
-            i = j + 1
-        elif segment[i] == "}":
-            raise HostError(f"unmatched '}}' in route segment {segment!r}")
-        else:
-            literal.append(segment[i])
-            i += 1
-    if literal:
-        parts.append("".join(literal))
-    return parts
-
-
-def _compile_segment(segment: str) -> Segment:
-    parts = _split_segment(segment)
-    params = tuple(part for part in parts if isinstance(part, RouteParam))
-    if not params:
-        return Segment(re.compile(re.escape(segment.replace("{{", "{").replace("}}", "}")), re.IGNORECASE), (), 1)
-    if len(parts) == 1:
-        (param,) = params
-        rank = 5 if param.catch_all else 3 if param.checks else 4
-        return Segment(re.compile("(?P<p0>.+)"), params, rank)
-    if any(param.catch_all or param.optional or param.default is not None for param in params):
-        raise HostError(f"optional, default and catch-all parameters must fill their segment: {segment!r}")
-    pattern, index = [], 0
-    for part in parts:
-        if isinstance(part, RouteParam):
-            pattern.append(f"(?P<p{index}>.+?)")
-            index += 1
-        else:
-            pattern.append(re.escape(part))
-    return Segment(re.compile("".join(pattern), re.IGNORECASE), params, 2)
-
-
-@dataclass(frozen=True, slots=True)
-class RouteTemplate:
-    """A Functions route template ("items/{id:guid}", "files/{*path}", "page/{n:int?}"), compiled."""
-
-    template: str
-    segments: tuple[Segment, ...]
-
-    @classmethod
-    def parse(cls, template: str) -> RouteTemplate:
-        text = template.strip().strip("/")
-        segments = tuple(_compile_segment(part) for part in text.split("/")) if text else ()
-        names = [param.name.lower() for segment in segments for param in segment.params]
-        if len(names) != len(set(names)):
-            raise HostError(f"route {template!r} repeats a parameter name")
-        for i, segment in enumerate(segments):
-            param = segment.param
-            if param and param.catch_all and i != len(segments) - 1:
-                raise HostError(f"a catch-all parameter must be the last segment of route {template!r}")
-            if not (param and (param.optional or param.default is not None or param.catch_all)) and any(
-                later.param and later.param.optional for later in segments[:i]
-            ):
-                raise HostError(f"only trailing segments may be optional in route {template!r}")
-        return cls(template, segments)
-
-    @property
-    def precedence(self) -> tuple[tuple[int, ...], str]:
-        """Sort key: literal segments win over constrained parameters, which win over plain ones."""
-        return tuple(segment.rank for segment in self.segments), self.template.lower()
-
-    def match(self, segments: Sequence[str]) -> dict[str, str] | None:
-        """Route values for decoded path segments (after the route prefix), or None."""
-        values: dict[str, str] = {}
-        for i, segment in enumerate(self.segments):
-            param = segment.param
-            if param and param.catch_all:
-                rest = "/".join(segments[i:])
-                if rest:
-                    if not param.accepts(rest):
-                        return None
-                    values[param.name] = rest
-                elif param.default is not None:
-                    values[param.name] = param.default
-                return values
-            if i >= len(segments):
-                if param and (param.optional or param.default is not None):
-                    if param.default is not None:
-                        values[param.name] = param.default
-                    continue
-                return None
-            found = segment.pattern.fullmatch(segments[i])
-            if not found:
-                return None
-            for index, each in enumerate(segment.params):
-                value = found.group(f"p{index}")
-                if not each.accepts(value):
-                    return None
-                values[each.name] = value
-        return values if len(segments) <= len(self.segments) else None
-
-
-# --- the function index ------------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
-@dataclass(frozen=True, slots=True)
-class IndexedFunction:
-    name: str
-    trigger_type: str
-    user_function: Callable[..., Any]
-    arg_name: str
-    wants_context: bool
-    route: RouteTemplate | None = None
-    methods: frozenset[str] | None = None  # None: every method
-    auth_level: str | None = None
-    schedule: str | None = None
-    unplayed_bindings: tuple[str, ...] = field(default=())
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.user_function)
-
-
 class PathOnlyAccessLogger(AbstractAccessLogger):
     """Access lines without the query string, which may carry a secret (an old-style link, a mistaken client).
 
@@ -365,151 +87,6 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info("%s %s %s %.1f ms", request.method, request.path, response.status, time * 1000)
-
-
-_INDEXED: weakref.WeakKeyDictionary[func.FunctionApp, list[IndexedFunction]] = weakref.WeakKeyDictionary()
-
-
-def index_functions(app: func.FunctionApp) -> list[IndexedFunction]:
-    """Each function's trigger binding, as the host reads it when it indexes the app.
-
-    Cached per app: azure-functions refuses a second `get_functions()` on the same app (it sees
-    every name twice), and tests, the demo and this host share one imported function_app.
-    """
-    if app not in _INDEXED:
-        _INDEXED[app] = _index(app)
-    return _INDEXED[app]
-
-
-def _index(app: func.FunctionApp) -> list[IndexedFunction]:
-    indexed = []
-    for function in app.get_functions():
-        name = function.get_function_name()
-        trigger = function.get_trigger()
-        user_function = function.get_user_function()
-        parameters = inspect.signature(user_function).parameters
-        if trigger.name not in parameters:  # the worker refuses to index such an app, too
-            raise HostError(f"function {name}: its trigger binding {trigger.name!r} is not one of its parameters")
-        wants_context = "context" in parameters
-        others = tuple(
-            f"{binding.type}:{binding.name}"
-            for binding in function.get_bindings()
-            if binding is not trigger and not (binding.type == "http" and binding.name == "$return")
-        )
-        if others:
-            log.warning("function %s has bindings this host does not play: %s", name, ", ".join(others))
-        common = {
-            "name": name,
-            "trigger_type": trigger.type,
-            "user_function": user_function,
-            "arg_name": trigger.name,
-            "wants_context": wants_context,
-            "unplayed_bindings": others,
-        }
-        if trigger.type == "httpTrigger":
-            methods = getattr(trigger, "methods", None)
-            try:
-                route = RouteTemplate.parse(getattr(trigger, "route", None) or name)
-            except HostError as err:
-                raise HostError(f"function {name}: {err}") from err
-            indexed.append(
-                IndexedFunction(
-                    **common,
-                    route=route,
-                    methods=frozenset(_text(method).upper() for method in methods) if methods else None,
-                    auth_level=_text(getattr(trigger, "auth_level", None) or "function").lower(),
-                )
-            )
-        elif trigger.type == "timerTrigger":
-            indexed.append(IndexedFunction(**common, schedule=getattr(trigger, "schedule", None)))
-        else:
-            log.warning("function %s has a %s trigger, which this host does not play", name, trigger.type)
-            indexed.append(IndexedFunction(**common))
-    return indexed
-
-
-class _Context(func.Context):
-    """The `context` argument the Python worker passes to functions that declare it."""
-
-    def __init__(self, function_name: str) -> None:
-        self._invocation_id = str(uuid.uuid4())
-        self._function_name = function_name
-
-    @property
-    def invocation_id(self) -> str:
-        return self._invocation_id
-
-    @property
-    def thread_local_storage(self) -> type[threading.local]:
-        return threading.local  # type: ignore[return-value]
-
-    @property
-    def function_name(self) -> str:
-        return self._function_name
-
-    @property
-    def function_directory(self) -> str:
-        return str(REPO)
-
-    @property
-    def trace_context(self) -> Any:
-        return None
-
-    @property
-    def retry_context(self) -> Any:
-        return None
-
-
-async def _invoke(function: IndexedFunction, argument: Any) -> Any:
-    kwargs: dict[str, Any] = {function.arg_name: argument}
-    if function.wants_context:
-        kwargs["context"] = _Context(function.name)
-    if function.is_async:
-        return await function.user_function(**kwargs)
-    return await asyncio.to_thread(function.user_function, **kwargs)  # the worker's thread pool
-
-
-def _to_azure_request(request: web.Request, route_values: Mapping[str, str], body: bytes) -> func.HttpRequest:
-    """The request as the worker decodes it from the host's RPC message (same converter)."""
-
-    def joined(pairs: Iterable[tuple[str, str]], separator: str) -> dict[str, meta.Datum]:
-        merged: dict[str, str] = {}
-        for name, value in pairs:
-            merged[name] = f"{merged[name]}{separator}{value}" if name in merged else value
-        return {name: meta.Datum(type="string", value=value) for name, value in merged.items()}
-
-    datum = meta.Datum(
-        type="http",
-        value={
-            "method": meta.Datum(type="string", value=request.method),
-            "url": meta.Datum(type="string", value=str(request.url)),
-            "headers": joined(request.headers.items(), ", "),
-            "query": joined(request.query.items(), ","),
-            "params": {name: meta.Datum(type="string", value=value) for name, value in route_values.items()},
-            "body": meta.Datum(type="bytes", value=body),
-        },
-    )
-    return HttpRequestConverter.decode(datum, trigger_metadata=None)
-
-
-def _to_aiohttp_response(result: Any) -> web.Response:
-    """A function's return value as the host sends it (through the worker's encoder)."""
-    if result is None:
-        return web.Response(status=204)
-    datum = HttpResponseConverter.encode(result, expected_type=None)
-    if datum.type == "string":
-        return web.Response(text=datum.value, content_type="text/plain", charset="utf-8")
-    value = datum.value
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, header in value["headers"].items():
-        if name.lower() not in _HOP_BY_HOP:
-            headers.add(name, str(header.value))
-    for cookie in value.get("cookies") or ():
-        for morsel in cookie.values():
-            headers.add("Set-Cookie", morsel.OutputString())
-    status = int(value["status_code"].value)
-    body = value["body"].value if status not in (204, 304) and value["body"] is not None else b""
-    return web.Response(status=status, body=body or None, headers=headers)
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -548,7 +125,7 @@ def _is_loopback(host: str) -> bool:
 # --- the host ---------------------------------------------------------------------------------------
 
 
-class LocalHost:
+class LocalHost(Service):
     """The app on a local HTTP server in a background thread with its own event loop.
 
     A context manager: `with LocalHost(users=[...]) as host: ... host.base_url ...`.
@@ -623,14 +200,6 @@ class LocalHost:
         self._thread = None
         self._loop = None
         self._restore_env()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _set_env(self, name: str, value: str) -> None:
         self._saved_env.setdefault(name, os.environ.get(name))
@@ -754,9 +323,7 @@ class LocalHost:
 
     @staticmethod
     async def _run_timer(function: IndexedFunction) -> Any:
-        # What the host sends for a manual run, decoded by the worker's own converter.
-        datum = meta.Datum(type="json", value=json.dumps({"Schedule": {"AdjustForDST": True}, "IsPastDue": False}))
-        return await _invoke(function, TimerRequestConverter.decode(datum, trigger_metadata=None))
+        return await invoke(function, manual_timer_request())
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -797,10 +364,10 @@ class LocalHost:
         self, function: IndexedFunction, request: web.Request, values: Mapping[str, str]
     ) -> web.StreamResponse:
         body = await request.read()  # aiohttp answers 413 beyond client_max_size, like the host
-        azure_request = _to_azure_request(request, values, body)
+        azure_request = to_azure_request(request, values, body)
         try:
-            result = await _invoke(function, azure_request)
-            return _to_aiohttp_response(result)
+            result = await invoke(function, azure_request)
+            return to_aiohttp_response(result)
         except Exception:
             log.exception("function %s failed", function.name)
             return web.Response(status=500, text="Internal Server Error")

@@ -8,6 +8,10 @@ import hashlib
 import json
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +23,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from devservices.easyauth import CLAIM_OID, CLAIM_TID, KEEP_FRAGMENT_SCRIPT, SESSION_COOKIE, safe_redirect
+from devservices.easyauth import (
+    CLAIM_OID,
+    CLAIM_TID,
+    KEEP_FRAGMENT_SCRIPT,
+    SESSION_COOKIE,
+    EasyAuthUser,
+    safe_redirect,
+)
+from devservices.indexing import REPO
 from devservices.localhost import HostError, LocalHost, RouteTemplate
+from devservices.routes import SUPPORTED, RouteError
 
 ALICE = {
     "id": "6f1c1a52-1f4e-4c7e-9a53-0d7f1a1b2c3d",
@@ -65,12 +78,8 @@ def build_app(timer_calls: list[func.TimerRequest]) -> func.FunctionApp:
     def item_new(req: func.HttpRequest) -> func.HttpResponse:
         return _json({"route": "new"})
 
-    @app.route(route="pages/{n:int}/{name:alpha}", methods=["GET"])
-    def page(req: func.HttpRequest) -> func.HttpResponse:
-        return _json(dict(req.route_params))
-
-    @app.route(route="files/{*path}", methods=["GET"])
-    def files(req: func.HttpRequest) -> func.HttpResponse:
+    @app.route(route="people/{name}/items/{id:GUID}", methods=["GET"])  # constraint names ignore case
+    def person_item(req: func.HttpRequest) -> func.HttpResponse:
         return _json(dict(req.route_params))
 
     @app.route(route="boom")
@@ -136,6 +145,24 @@ async def _sign_in(
 # --- Easy Auth ---------------------------------------------------------------------------------------
 
 
+def _assert_alice(headers: dict[str, str]) -> None:
+    """`headers` (as a function saw them) carry Easy Auth's principal for Alice, and no client-sent token."""
+    assert headers["x-ms-client-principal-id"] == ALICE["id"]
+    assert headers["x-ms-client-principal-name"] == ALICE["userPrincipalName"]
+    assert headers["x-ms-client-principal-idp"] == "aad"
+    assert "x-ms-token-aad-id-token" not in headers
+    principal = _principal(headers)
+    assert principal["auth_typ"] == "aad"
+    assert principal["name_typ"] == "preferred_username" and principal["role_typ"] == "roles"
+    claims = {claim["typ"]: claim["val"] for claim in principal["claims"]}
+    assert claims == {
+        CLAIM_OID: ALICE["id"],
+        "preferred_username": ALICE["userPrincipalName"],
+        "name": ALICE["displayName"],
+        CLAIM_TID: ALICE["tenantId"],
+    }
+
+
 async def test_browser_without_session_is_sent_to_sign_in_then_gets_principal_headers(host: LocalHost) -> None:
     async with _client() as client:
         async with client.get(
@@ -171,21 +198,7 @@ async def test_browser_without_session_is_sent_to_sign_in_then_gets_principal_he
         ) as echoed:
             assert echoed.status == 200
             seen = await echoed.json()
-        headers = seen["headers"]
-        assert headers["x-ms-client-principal-id"] == ALICE["id"]
-        assert headers["x-ms-client-principal-name"] == ALICE["userPrincipalName"]
-        assert headers["x-ms-client-principal-idp"] == "aad"
-        assert "x-ms-token-aad-id-token" not in headers
-        principal = _principal(headers)
-        assert principal["auth_typ"] == "aad"
-        assert principal["name_typ"] == "preferred_username" and principal["role_typ"] == "roles"
-        claims = {claim["typ"]: claim["val"] for claim in principal["claims"]}
-        assert claims == {
-            CLAIM_OID: ALICE["id"],
-            "preferred_username": ALICE["userPrincipalName"],
-            "name": ALICE["displayName"],
-            CLAIM_TID: ALICE["tenantId"],
-        }
+        _assert_alice(seen["headers"])
         assert seen["params"] == {"x": "1", "y": "2"}
         assert seen["url"] == f"{host.base_url}/api/echo?x=1&y=2"
 
@@ -318,23 +331,26 @@ def test_easy_auth_setting_is_set_while_running_and_restored(timer_calls: list[f
 # --- routing and invocation ---------------------------------------------------------------------------
 
 
-async def test_route_constraints_and_literal_precedence(host: LocalHost) -> None:
+async def test_routes_match_literals_names_and_guids(host: LocalHost) -> None:
     cookies = host.session_cookie(ALICE["id"])
     cases = {
         "/api/items/new": (200, {"route": "new"}),
         "/api/ITEMS/NEW": (200, {"route": "new"}),  # literals match case-insensitively, as on the host
+        "/API/items/new/": (200, {"route": "new"}),  # so does the route prefix; one trailing slash is fine
         f"/api/items/{GUID}": (200, {"route": "by_id", "id": GUID}),
-        f"/api/items/{GUID.upper()}": (200, {"route": "by_id", "id": GUID.upper()}),
-        "/api/items/not-a-guid": (404, None),
+        f"/api/items/{GUID.upper()}": (200, {"route": "by_id", "id": GUID.upper()}),  # passed through as given
+        f"/api/items/%7B{GUID}%7D": (200, {"route": "by_id", "id": "{" + GUID + "}"}),
+        f"/api/items/{GUID.replace('-', '')}": (200, {"route": "by_id", "id": GUID.replace("-", "")}),
+        "/api/items/not-a-guid": (404, None),  # the host's guid constraint: no match, so 404
+        f"/api/items/{GUID}0": (404, None),
+        f"/api/items/{GUID}/more": (404, None),
         "/api/items/": (404, None),
-        "/api/pages/12/abc": (200, {"n": "12", "name": "abc"}),
-        "/api/pages/12/abc1": (404, None),
-        "/api/pages/x/abc": (404, None),
-        "/api/pages/99999999999/abc": (404, None),  # beyond int32
-        "/api/files/a/b%2Fc/d.txt": (200, {"path": "a/b/c/d.txt"}),
-        "/api/files": (200, {}),
+        f"/api/people/Ann%20Lee/items/{GUID}": (200, {"name": "Ann Lee", "id": GUID}),  # decoded, case kept
+        f"/api/people/ann/items/{GUID[:-1]}": (404, None),
+        f"/api/people/ann/items/{GUID}/x": (404, None),
         "/api/nothing-here": (404, None),
         "/elsewhere": (404, None),
+        "/items/new": (404, None),  # outside the route prefix
     }
     async with _client() as client:
         for path, (status, body) in cases.items():
@@ -346,26 +362,115 @@ async def test_route_constraints_and_literal_precedence(host: LocalHost) -> None
             assert wrong_method.status == 404
 
 
-def test_route_templates() -> None:
+def test_route_matcher() -> None:
     ordered = sorted(
-        (RouteTemplate.parse(t) for t in ("items/{*rest}", "items/{id}", "items/{id:guid}", "items/new")),
+        (RouteTemplate.parse(t) for t in ("items/{id}", "items/{id:guid}", "Items/New")),
         key=lambda route: route.precedence,
     )
-    assert [route.template for route in ordered] == ["items/new", "items/{id:guid}", "items/{id}", "items/{*rest}"]
-    optional = RouteTemplate.parse("page/{n:int?}")
-    assert optional.match(["page"]) == {}
-    assert optional.match(["page", "3"]) == {"n": "3"}
-    assert optional.match(["page", "x"]) is None
-    assert RouteTemplate.parse("lang/{code=en}").match(["lang"]) == {"code": "en"}
-    assert RouteTemplate.parse("f/{name}.{ext}").match(["f", "a.b.txt"]) == {"name": "a", "ext": "b.txt"}
-    assert RouteTemplate.parse("c/{code:regex(^[a-z]{{3}}$)}").match(["c", "abc"]) == {"code": "abc"}
-    assert RouteTemplate.parse("c/{code:regex(^[a-z]{{3}}$)}").match(["c", "abcd"]) is None
-    assert RouteTemplate.parse("r/{n:range(1,5)}").match(["r", "6"]) is None
-    assert RouteTemplate.parse("g/{id:guid}").match(["g", "{" + GUID + "}"]) == {"id": "{" + GUID + "}"}
-    with pytest.raises(HostError, match="unknown route constraint"):
-        RouteTemplate.parse("x/{id:nope}")
-    with pytest.raises(HostError):
-        RouteTemplate.parse("x/{*rest}/y")
+    # A literal wins over {name:guid}, which wins over {name}: exceptions/new is never taken for an id.
+    assert [route.template for route in ordered] == ["Items/New", "items/{id:guid}", "items/{id}"]
+    route = RouteTemplate.parse("/exceptions/{id:guid}/revoke/")
+    assert route.match(["exceptions", GUID, "revoke"]) == {"id": GUID}
+    assert route.match(["EXCEPTIONS", f"({GUID})", "Revoke"]) == {"id": f"({GUID})"}
+    assert route.match(["exceptions", GUID]) is None
+    assert route.match(["exceptions", "new", "revoke"]) is None
+    assert route.match(["exceptions", GUID, "revoke", "x"]) is None
+    assert RouteTemplate.parse("a/{x}/{y}").match(["a", "1", "2"]) == {"x": "1", "y": "2"}
+    assert RouteTemplate.parse("a/{x}").match(["a", ""]) is None  # {name} takes a non-empty segment
+    assert RouteTemplate.parse("/").match([]) == {}
+    with pytest.raises(RouteError, match=re.escape("route 'x/{id:int}' uses '{id:int}': " + SUPPORTED)):
+        RouteTemplate.parse("x/{id:int}")
+
+
+def _app_with_route(route: str | None, name: str = "f") -> func.FunctionApp:
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    def handler(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("ok")
+
+    handler.__name__ = name
+    app.route(route=route, methods=["GET"])(handler)
+    return app
+
+
+def _refusal(app: func.FunctionApp) -> str:
+    """The message the host refuses `app` with when it indexes it; it serves nothing then."""
+    host = LocalHost(app=app, route_prefix="api")
+    with pytest.raises(HostError) as refused:
+        host.start()
+    assert host.functions == {}
+    with pytest.raises(HostError, match="not running"):
+        host.session_cookie(ALICE["id"])
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "{id:int}",
+        "{id:alpha}",
+        "{id:nope}",
+        "{n:range(1,5)}",
+        "{id:guid:length(36)}",
+        "{code:regex(^[a-z]{{3}}$)}",
+        "{id?}",
+        "{n:int?}",
+        "{id:guid?}",
+        "{lang=en}",
+        "{*path}",
+        "{**path}",
+        "{name}.{ext}",
+        "v{version}",
+        "{{literal}}",
+        "{}",
+        "{id:guid",
+    ],
+)
+def test_unsupported_route_form_is_refused_at_indexing(form: str) -> None:
+    route = f"x/{form}"
+    message = _refusal(_app_with_route(route))
+    assert message == f"route {route!r} of function 'f' uses {form!r}: {SUPPORTED}"
+
+
+def test_empty_segment_and_repeated_names_are_refused_at_indexing() -> None:
+    assert _refusal(_app_with_route("a//b")) == f"route 'a//b' of function 'f' has an empty segment: {SUPPORTED}"
+    assert (
+        _refusal(_app_with_route("a/{id}/{ID:guid}"))
+        == "route 'a/{id}/{ID:guid}' of function 'f' uses a parameter name twice"
+    )
+
+
+@pytest.mark.parametrize(
+    ("route", "name", "prefix"),
+    [
+        ("admin", "f", "admin"),
+        ("admin/tools", "f", "admin"),
+        ("Admin/{id:guid}", "f", "admin"),
+        ("/ADMIN/", "f", "admin"),
+        ("administration/x", "f", "admin"),  # the host compares a string prefix, not a segment
+        ("runtime/webhooks", "f", "runtime"),
+        (None, "admin_tasks", "admin"),  # no route: the function's name is its route, checked the same way
+    ],
+)
+def test_reserved_route_is_refused_at_indexing(route: str | None, name: str, prefix: str) -> None:
+    message = _refusal(_app_with_route(route, name))
+    assert message == (
+        f"route {route or name!r} of function {name!r} starts with {prefix!r}, which the Functions host "
+        "reserves for its own endpoints (it refuses the function, whatever the route prefix)"
+    )
+
+
+async def test_admin_later_in_a_route_is_served_and_the_hosts_admin_api_stays() -> None:
+    with LocalHost(app=_app_with_route("tools/admin"), route_prefix="api", anonymous=["/api/*"]) as host:
+        async with _client() as client:
+            async with client.get(f"{host.base_url}/api/tools/admin") as served:
+                assert served.status == 200 and await served.text() == "ok"
+            async with client.get(f"{host.base_url}/api/admin/tools") as nothing:
+                assert nothing.status == 404
+            async with client.get(f"{host.base_url}/admin/host/status") as status:
+                assert status.status == 200 and await status.json() == {"state": "Running"}
+            async with client.get(f"{host.base_url}/admin/functions") as listing:
+                assert [f["url"] for f in await listing.json()] == [f"{host.base_url}/api/tools/admin"]
 
 
 async def test_sync_functions_run_in_a_thread_and_async_ones_on_the_loop(host: LocalHost) -> None:
@@ -525,13 +630,36 @@ async def test_fire(host: LocalHost, timer_calls: list[func.TimerRequest]) -> No
 
 
 def test_the_apps_principal_parser_reads_the_injected_headers() -> None:
-    from devservices.easyauth import principal_from_user
     from shared.web.principal import principal_from_headers
 
-    headers = principal_from_user(ALICE).headers()
+    headers = EasyAuthUser.from_directory(ALICE).headers()
     parsed = principal_from_headers(headers, env={"WEBSITE_AUTH_ENABLED": "True"})
     assert parsed is not None
     assert (parsed.object_id, parsed.upn, parsed.name) == (ALICE["id"], ALICE["userPrincipalName"], "Alice Admin")
+
+
+# The headers as the Easy Auth side produced them before it was split out: pinned byte for byte.
+ALICE_PRINCIPAL = (
+    "eyJhdXRoX3R5cCI6ImFhZCIsImNsYWltcyI6W3sidHlwIjoiaHR0cDovL3NjaGVtYXMubWljcm9zb2Z0LmNvbS9pZGVudGl0eS9jbGFp"
+    "bXMvb2JqZWN0aWRlbnRpZmllciIsInZhbCI6IjZmMWMxYTUyLTFmNGUtNGM3ZS05YTUzLTBkN2YxYTFiMmMzZCJ9LHsidHlwIjoicHJl"
+    "ZmVycmVkX3VzZXJuYW1lIiwidmFsIjoiYWxpY2VAY29udG9zby50ZXN0In0seyJ0eXAiOiJuYW1lIiwidmFsIjoiQWxpY2UgQWRtaW4i"
+    "fSx7InR5cCI6Imh0dHA6Ly9zY2hlbWFzLm1pY3Jvc29mdC5jb20vaWRlbnRpdHkvY2xhaW1zL3RlbmFudGlkIiwidmFsIjoiOGE5YjBj"
+    "MWQtMmUzZi00YTViLThjNmQtN2U4ZjlhMGIxYzJkIn1dLCJuYW1lX3R5cCI6InByZWZlcnJlZF91c2VybmFtZSIsInJvbGVfdHlwIjoi"
+    "cm9sZXMifQ=="
+)
+
+
+async def test_injected_principal_headers_are_byte_identical(host: LocalHost) -> None:
+    assert EasyAuthUser.from_directory(ALICE).headers() == {
+        "X-MS-CLIENT-PRINCIPAL": ALICE_PRINCIPAL,
+        "X-MS-CLIENT-PRINCIPAL-ID": ALICE["id"],
+        "X-MS-CLIENT-PRINCIPAL-NAME": ALICE["userPrincipalName"],
+        "X-MS-CLIENT-PRINCIPAL-IDP": "aad",
+    }
+    cookies = host.session_cookie(ALICE["id"])
+    async with _client() as client, client.get(f"{host.base_url}/api/echo", cookies=cookies) as response:
+        seen = (await response.json())["headers"]
+    assert seen["x-ms-client-principal"] == ALICE_PRINCIPAL  # what the function receives
 
 
 def test_the_real_app_never_takes_exceptions_new_for_an_id(site) -> None:  # type: ignore[no-untyped-def]
@@ -573,3 +701,34 @@ def test_access_log_never_shows_the_query(caplog: pytest.LogCaptureFixture) -> N
         urllib.request.urlopen(f"{host.base_url}{path}?token=SECRET-TOKEN").read()
     assert f"GET {path} 200" in caplog.text
     assert "SECRET-TOKEN" not in caplog.text
+
+
+def test_command_line_serves_the_real_app_and_stops_on_sigterm(tmp_path: Any) -> None:
+    """`python -m devservices.localhost` with its flags: it lists the app's functions, serves, and stops cleanly."""
+    import urllib.request
+
+    settings = tmp_path / "local.settings.json"
+    settings.write_text(json.dumps({"Values": {"LOCALHOST_CLI_TEST": "1"}}), encoding="utf-8")
+    command = [sys.executable, "-m", "devservices.localhost", "--port", "0", "--host", "127.0.0.1"]
+    command += ["--settings", str(settings), "--anonymous", "/api/health", "--tenant-id", ALICE["tenantId"]]
+    command += ["--users-url", "http://127.0.0.1:9/users"]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+        try:
+            assert process.stdout is not None
+            lines = []
+            while not lines or lines[-1] != "Press Ctrl+C to stop.":
+                line = process.stdout.readline()
+                assert line, f"the host ended early: {lines}"
+                lines.append(line.rstrip("\n"))
+            printed = "\n".join(lines)
+            assert "Loaded 1 settings (values not shown)." in printed and "LOCALHOST_CLI_TEST" not in printed
+            base = re.search(r"Sign in: (http://127\.0\.0\.1:\d+)/\.auth/login/aad", printed)
+            assert base is not None
+            assert f"exception_status: [GET] {base[1]}/api/exceptions/{{id:guid}}" in printed
+            with urllib.request.urlopen(f"{base[1]}/admin/host/status", timeout=10) as status:
+                assert status.status == 200 and json.loads(status.read()) == {"state": "Running"}
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
