@@ -28,20 +28,18 @@ _TIMED = "import time; t = time.perf_counter(); import {module}; print(time.perf
 _IMPORTTIME = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)")
 
 
-def _in_process(module: str) -> float:
-    done = subprocess.run(
-        [PYTHON, "-c", _TIMED.format(module=module)],
-        cwd=REPO,
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """A fresh `python ARGS` in the repo with a clean environment, its output captured."""
+    return subprocess.run(
+        [PYTHON, *args], cwd=REPO, env=base_env(), capture_output=True, text=True, check=True, timeout=120
     )
-    return float(done.stdout.strip())
 
 
-def _whole_process(module: str) -> float:
+def _in_process(module: str) -> float:
+    return float(_python("-c", _TIMED.format(module=module)).stdout.strip())
+
+
+def _whole_process(module: str) -> float:  # output not captured: no pipes inside the timing
     started = time.perf_counter()
     subprocess.run([PYTHON, "-c", f"import {module}"], cwd=REPO, env=base_env(), check=True, timeout=120)
     return time.perf_counter() - started
@@ -49,17 +47,8 @@ def _whole_process(module: str) -> float:
 
 def _heaviest_imports(module: str, top: int = 12) -> list[dict[str, Any]]:
     """Top-level packages by cumulative import time, from one `-X importtime` run."""
-    done = subprocess.run(
-        [PYTHON, "-X", "importtime", "-c", f"import {module}"],
-        cwd=REPO,
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
     rows = []
-    for match in _IMPORTTIME.finditer(done.stderr):
+    for match in _IMPORTTIME.finditer(_python("-X", "importtime", "-c", f"import {module}").stderr):
         cumulative_us, indent, name = int(match.group(2)), len(match.group(3)), match.group(4)
         if indent <= 1 or "." not in name:  # direct imports of the module, and top-level packages
             rows.append({"module": name, "cumulative_ms": round(cumulative_us / 1000, 1), "depth": indent})

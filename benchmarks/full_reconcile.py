@@ -13,20 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from devservices.azurite import Azurite
-
 from .harness import (
     EmulatorOptions,
-    EmulatorProcess,
-    ProcResult,
-    app_env,
-    cli,
-    count_calls,
-    cpu_seconds,
-    init_store,
+    Sweep,
+    SweepStack,
     log,
     peak_rss_mib,
     sweep_duration_s,
+    sweep_stack,
     table,
     write_artifact,
 )
@@ -40,54 +34,77 @@ DISABLED_TRUE: Final = 0.8
 DISABLED_NONE: Final = 0.1
 RATIO_TARGET: Final = 1.3
 RSS_TARGET_MIB: Final = 150.0
+# (header, key of a run's row) for the two tables printed
+RUN_COLUMNS: Final = (
+    ("mode", "mode"),
+    ("scanned", "scanned"),
+    ("changes", "planned"),
+    ("pages", "pages"),
+    ("batches", "batches"),
+    ("429s", "throttled_429"),
+    ("bound s", "bound_s"),
+    ("wall s", "wall_s"),
+    ("in-run s", "in_run_s"),
+    ("wall/bound", "ratio_wall_to_bound"),
+    ("peak RSS MiB", "peak_rss_mib"),
+)
+CPU_COLUMNS: Final = (
+    ("mode", "mode"),
+    ("app CPU s", "app_cpu_s"),
+    ("emulator CPU s", "emulator_cpu_s"),
+    ("Azurite CPU s", "azurite_cpu_s"),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Run:
     mode: str
-    proc: ProcResult
-    summary: dict[str, Any]
-    calls: dict[str, int]
-    emulator_cpu_s: float
-    azurite_cpu_s: float
+    sweep: Sweep
 
     def row(self, latency_s: float) -> dict[str, Any]:
-        pages, batches = self.calls["pages"], self.calls["batches"]
-        bound = pages * latency_s + batches * latency_s / CONCURRENCY
-        in_run = sweep_duration_s(self.summary)
+        proc, summary, calls = self.sweep.proc, self.sweep.summary, self.sweep.calls
+        bound = calls.pages * latency_s + calls.batches * latency_s / CONCURRENCY
+        in_run = sweep_duration_s(summary)
         return {
             "mode": self.mode,
-            "exit_code": self.proc.returncode,
-            "outcome": self.summary.get("outcome"),
-            "scanned": self.summary.get("scanned"),
-            "planned": self.summary.get("planned"),
-            "applied": self.summary.get("applied"),
-            "failed": self.summary.get("failed"),
-            **self.calls,
+            "exit_code": proc.returncode,
+            "outcome": summary.get("outcome"),
+            "scanned": summary.get("scanned"),
+            "planned": summary.get("planned"),
+            "applied": summary.get("applied"),
+            "failed": summary.get("failed"),
+            **calls.json(),
             "bound_s": round(bound, 3),
-            "wall_s": round(self.proc.wall_s, 3),
+            "wall_s": round(proc.wall_s, 3),
             "in_run_s": None if in_run is None else round(in_run, 3),
-            "ratio_wall_to_bound": round(self.proc.wall_s / bound, 3) if bound else None,
+            "ratio_wall_to_bound": round(proc.wall_s / bound, 3) if bound else None,
             "ratio_in_run_to_bound": round(in_run / bound, 3) if bound and in_run else None,
-            "peak_rss_mib": round(self.proc.max_rss_mib, 1),
-            "app_cpu_s": round(self.proc.user_s + self.proc.sys_s, 2),
-            "emulator_cpu_s": round(self.emulator_cpu_s, 2),
-            "azurite_cpu_s": round(self.azurite_cpu_s, 2),
+            "peak_rss_mib": round(proc.max_rss_mib, 1),
+            "app_cpu_s": round(proc.user_s + proc.sys_s, 2),
+            "emulator_cpu_s": round(self.sweep.emulator_cpu_s, 2),
+            "azurite_cpu_s": round(self.sweep.azurite_cpu_s, 2),
         }
 
 
-def _sweep(mode: str, env: dict[str, str], emulator: EmulatorProcess, azurite_pid: int) -> Run:
-    emulator.clear_calls()
-    emu_cpu, az_cpu = cpu_seconds(emulator.pid), cpu_seconds(azurite_pid)
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """Both runs, and how many mailboxes were not in the desired state before, between and after them."""
+
+    report: Run
+    enforce: Run
+    before: int
+    after_report: int
+    after_enforce: int
+    emulator_peak_mib: float
+    emulator_startup_s: float
+
+
+def _sweep(stack: SweepStack, mode: str) -> Run:
     log(f"sweep --full --mode {mode} --json")
-    proc = cli(["sweep", "--full", "--mode", mode, "--json"], env)
-    emu_cpu, az_cpu = cpu_seconds(emulator.pid) - emu_cpu, cpu_seconds(azurite_pid) - az_cpu
-    if proc.returncode != 0:
-        raise RuntimeError(f"sweep --mode {mode} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
-    summary = proc.json()
-    calls = count_calls(emulator.calls()).json()
-    log(f"  {mode}: {proc.wall_s:.2f}s wall, {proc.max_rss_mib:.1f} MiB peak RSS, {calls}")
-    return Run(mode, proc, summary, calls, emu_cpu, az_cpu)
+    sweep = stack.sweep(["--full", "--mode", mode, "--json"], label=f"sweep --mode {mode}")
+    proc = sweep.proc
+    log(f"  {mode}: {proc.wall_s:.2f}s wall, {proc.max_rss_mib:.1f} MiB peak RSS, {sweep.calls.json()}")
+    return Run(mode, sweep)
 
 
 def _not_desired(mailboxes: list[dict[str, Any]]) -> int:
@@ -95,9 +112,8 @@ def _not_desired(mailboxes: list[dict[str, Any]]) -> int:
     return sum(1 for m in mailboxes if m["smtp"] is not True)
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    count = QUICK_MAILBOXES if quick else MAILBOXES
-    latency_s = LATENCY_MS / 1000
+def _measure(count: int) -> Measured:
+    """A tenant of `count` mailboxes: count what is out of line, sweep in report mode, then in enforce mode."""
     options = EmulatorOptions(
         mailboxes=count,
         latency_ms=LATENCY_MS,
@@ -105,75 +121,52 @@ def run(quick: bool = False) -> dict[str, Any]:
         disabled_true=DISABLED_TRUE,
         disabled_none=DISABLED_NONE,
     )
-    print(f"\n== full reconcile: {count:,} mailboxes, {LATENCY_MS:g} ms latency, concurrency limit {CONCURRENCY}")
-    with Azurite() as azurite, EmulatorProcess(options) as emulator:
-        azurite_pid = azurite._process.pid if azurite._process else 0
+    with sweep_stack(options, exchange_concurrency=CONCURRENCY) as stack:
+        emulator = stack.emulator
         log(f"emulator up in {emulator.startup_s:.1f}s")
         before = _not_desired(emulator.mailboxes())
         log(f"{before:,} of {count:,} mailboxes not in the desired state ({before / count:.1%})")
-        env = app_env(emulator.env, azurite.connection_string, EXCHANGE_CONCURRENCY=str(CONCURRENCY))
-        init_store(env)
-        report = _sweep("report", env, emulator, azurite_pid)
-        still = _not_desired(emulator.mailboxes())
-        enforce = _sweep("enforce", env, emulator, azurite_pid)
-        after = _not_desired(emulator.mailboxes())
-        emulator_peak = peak_rss_mib(emulator.pid)
+        report = _sweep(stack, "report")
+        after_report = _not_desired(emulator.mailboxes())
+        enforce = _sweep(stack, "enforce")
+        after_enforce = _not_desired(emulator.mailboxes())
+        return Measured(
+            report, enforce, before, after_report, after_enforce, peak_rss_mib(emulator.pid), emulator.startup_s
+        )
 
-    rows = [report.row(latency_s), enforce.row(latency_s)]
-    e = rows[1]
-    checks = {
-        "report_changed_nothing": still == before,
-        "enforce_completed": e["outcome"] == "completed",
-        "enforce_applied_all": e["applied"] == before,
-        "final_state_all_desired": after == 0,
-        "ratio_target_met": e["ratio_wall_to_bound"] is not None and e["ratio_wall_to_bound"] <= RATIO_TARGET,
-        "rss_target_met": e["peak_rss_mib"] <= RSS_TARGET_MIB,
-        "no_throttling": e["throttled_429"] == 0,
+
+def _checks(measured: Measured, enforce: dict[str, Any]) -> dict[str, bool]:
+    """What must hold of the run; `enforce` is the enforce run's row."""
+    ratio = enforce["ratio_wall_to_bound"]
+    return {
+        "report_changed_nothing": measured.after_report == measured.before,
+        "enforce_completed": enforce["outcome"] == "completed",
+        "enforce_applied_all": enforce["applied"] == measured.before,
+        "final_state_all_desired": measured.after_enforce == 0,
+        "ratio_target_met": ratio is not None and ratio <= RATIO_TARGET,
+        "rss_target_met": enforce["peak_rss_mib"] <= RSS_TARGET_MIB,
+        "no_throttling": enforce["throttled_429"] == 0,
     }
+
+
+def _print_report(measured: Measured, rows: list[dict[str, Any]], checks: dict[str, bool]) -> None:
+    for columns in (RUN_COLUMNS, CPU_COLUMNS):
+        print(table([header for header, _ in columns], [[r[key] for _, key in columns] for r in rows]))
     print(
-        table(
-            [
-                "mode",
-                "scanned",
-                "changes",
-                "pages",
-                "batches",
-                "429s",
-                "bound s",
-                "wall s",
-                "in-run s",
-                "wall/bound",
-                "peak RSS MiB",
-            ],
-            [
-                [
-                    r["mode"],
-                    r["scanned"],
-                    r["planned"],
-                    r["pages"],
-                    r["batches"],
-                    r["throttled_429"],
-                    r["bound_s"],
-                    r["wall_s"],
-                    r["in_run_s"],
-                    r["ratio_wall_to_bound"],
-                    r["peak_rss_mib"],
-                ]
-                for r in rows
-            ],
-        )
-    )
-    print(
-        table(
-            ["mode", "app CPU s", "emulator CPU s", "Azurite CPU s"],
-            [[r["mode"], r["app_cpu_s"], r["emulator_cpu_s"], r["azurite_cpu_s"]] for r in rows],
-        )
-    )
-    print(
-        f"mailboxes not in desired state: before {before:,}, after report {still:,}, after enforce {after:,}; "
-        f"emulator peak RSS {emulator_peak:.0f} MiB"
+        f"mailboxes not in desired state: before {measured.before:,}, after report {measured.after_report:,}, "
+        f"after enforce {measured.after_enforce:,}; emulator peak RSS {measured.emulator_peak_mib:.0f} MiB"
     )
     print(f"targets: wall/bound <= {RATIO_TARGET} and peak RSS <= {RSS_TARGET_MIB:g} MiB; checks: {checks}")
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    count = QUICK_MAILBOXES if quick else MAILBOXES
+    print(f"\n== full reconcile: {count:,} mailboxes, {LATENCY_MS:g} ms latency, concurrency limit {CONCURRENCY}")
+    measured = _measure(count)
+    latency_s = LATENCY_MS / 1000
+    rows = [measured.report.row(latency_s), measured.enforce.row(latency_s)]
+    checks = _checks(measured, rows[1])
+    _print_report(measured, rows, checks)
     result = {
         "benchmark": "full_reconcile",
         "quick": quick,
@@ -184,12 +177,12 @@ def run(quick: bool = False) -> dict[str, Any]:
             "exchange_concurrency": CONCURRENCY,
             "disabled_true": DISABLED_TRUE,
             "disabled_none": DISABLED_NONE,
-            "emulator_startup_s": round(emulator.startup_s, 2),
+            "emulator_startup_s": round(measured.emulator_startup_s, 2),
         },
-        "not_desired_before": before,
-        "not_desired_after_report": still,
-        "not_desired_after_enforce": after,
-        "emulator_peak_rss_mib": round(emulator_peak, 1),
+        "not_desired_before": measured.before,
+        "not_desired_after_report": measured.after_report,
+        "not_desired_after_enforce": measured.after_enforce,
+        "emulator_peak_rss_mib": round(measured.emulator_peak_mib, 1),
         "runs": rows,
         "checks": checks,
         "targets": {"ratio_wall_to_bound": RATIO_TARGET, "peak_rss_mib": RSS_TARGET_MIB},

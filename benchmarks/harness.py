@@ -13,19 +13,21 @@ import os
 import platform
 import re
 import select
-import signal
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import urlsplit
+
+from devservices.azurite import Azurite
+from devservices.lifecycle import Service, stop_process
 
 REPO: Final = Path(__file__).resolve().parent.parent
 ARTIFACTS: Final = REPO / ".artifacts"
@@ -244,7 +246,7 @@ class EmulatorOptions:
     extra: list[str] = field(default_factory=list)
 
 
-class EmulatorProcess:
+class EmulatorProcess(Service):
     """`python -m emulator` on a free loopback port; reads its one JSON line of settings.
 
     Also a small synchronous client of its /_emulator/ control API (keep-alive HTTPS, trusting only its CA).
@@ -350,26 +352,9 @@ class EmulatorProcess:
             self._conn.close()
             self._conn = None
         if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.send_signal(signal.SIGTERM)
-                try:
-                    self._proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait()
-            for stream in (self._proc.stdout, self._proc.stderr):
-                if stream is not None:
-                    stream.close()
+            stop_process(self._proc, timeout=30)
             self._proc = None
         self._dir.cleanup()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # -- call-log accounting ------------------------------------------------------------------------------
@@ -433,3 +418,49 @@ def sweep_duration_s(summary: Mapping[str, Any]) -> float | None:
     except (KeyError, ValueError):
         return None
     return (finished - started).total_seconds()
+
+
+# -- the app's sweep against Azurite and the emulator -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """One measured `shared.cli sweep ... --json`, and what the emulator logged and spent meanwhile."""
+
+    proc: ProcResult
+    summary: dict[str, Any]  # the app's --json summary
+    entries: list[dict[str, Any]]  # the emulator's call log of this sweep alone
+    calls: CallCounts
+    emulator_cpu_s: float
+    azurite_cpu_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SweepStack:
+    """Azurite and the emulator as processes, and the app's settings for both, its store initialised."""
+
+    azurite: Azurite
+    emulator: EmulatorProcess
+    env: dict[str, str]
+
+    def sweep(self, args: Sequence[str], *, label: str) -> Sweep:
+        """`shared.cli sweep ARGS` on a cleared call log; `label` names the run if it fails."""
+        emulator, azurite_pid = self.emulator, self.azurite.pid or 0
+        emulator.clear_calls()
+        emu_cpu, az_cpu = cpu_seconds(emulator.pid), cpu_seconds(azurite_pid)
+        proc = cli(["sweep", *args], self.env)
+        emu_cpu, az_cpu = cpu_seconds(emulator.pid) - emu_cpu, cpu_seconds(azurite_pid) - az_cpu
+        if proc.returncode != 0:
+            raise RuntimeError(f"{label} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+        summary = proc.json()
+        entries = emulator.calls()
+        return Sweep(proc, summary, entries, count_calls(entries), emu_cpu, az_cpu)
+
+
+@contextmanager
+def sweep_stack(options: EmulatorOptions, exchange_concurrency: int) -> Iterator[SweepStack]:
+    """Start Azurite and the emulator, initialise the app's store; both stop when the block ends."""
+    with Azurite() as azurite, EmulatorProcess(options) as emulator:
+        env = app_env(emulator.env, azurite.connection_string, EXCHANGE_CONCURRENCY=str(exchange_concurrency))
+        init_store(env)
+        yield SweepStack(azurite, emulator, env)

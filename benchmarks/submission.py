@@ -26,11 +26,15 @@ import statistics
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 
 from devservices.azurite import Azurite, free_port
+from devservices.lifecycle import stop_process
 
 from .harness import (
     ARTIFACTS,
@@ -135,28 +139,36 @@ async def _load(
     return latencies, statuses, wall
 
 
-def _one(latency_ms: float, per_client: int) -> dict[str, Any]:
-    needed = CLIENTS * (per_client + WARMUP_PER_CLIENT)
-    options = EmulatorOptions(mailboxes=max(1000, needed + 100), latency_ms=latency_ms, concurrency_limit=4)
-    print(f"{CLIENTS} clients x {per_client} requests, Exchange latency {latency_ms:.0f} ms")
-    with Azurite() as azurite, EmulatorProcess(options) as emulator:
-        users = emulator.control("GET", "users")
-        mailboxes = [m["address"] for m in emulator.mailboxes()]
-        requesters = users[: CLIENTS * USERS_PER_CLIENT]
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = app_env(
-            emulator.env,
-            azurite.connection_string,
-            PUBLIC_BASE_URL=base,
-            NOTIFY_FROM=mailboxes[0],
-            APPROVERS=users[-1]["id"],
-            # Each person submits up to the daily limit and nobody decides: the pending cap (3 by
-            # default) would refuse most of the load, and it costs the same insert either way.
-            REQUEST_PENDING_PER_REQUESTER="100",
-        )
-        init_store(env)
-        host_log = (ARTIFACTS / "bench-submission-host.log").open("wb")  # a pipe nobody reads would fill up
+@dataclass(frozen=True, slots=True)
+class Load:
+    """The measured phase (after sign-in and warm-up) of one trial."""
+
+    latencies: list[float]  # seconds per request
+    statuses: Counter[int]
+    wall_s: float
+    warmup_statuses: Counter[int]
+
+
+def _host_env(
+    emulator: EmulatorProcess, azurite: Azurite, base: str, notify_from: str, approver: str
+) -> dict[str, str]:
+    """The local host's settings: the app's, plus the sender of its mail and the one approver."""
+    return app_env(
+        emulator.env,
+        azurite.connection_string,
+        PUBLIC_BASE_URL=base,
+        NOTIFY_FROM=notify_from,
+        APPROVERS=approver,
+        # Each person submits up to the daily limit and nobody decides: the pending cap (3 by
+        # default) would refuse most of the load, and it costs the same insert either way.
+        REQUEST_PENDING_PER_REQUESTER="100",
+    )
+
+
+@contextmanager
+def _local_host(port: int, emulator: EmulatorProcess, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m devservices.localhost` on `port`, up and listening; stopped when the block ends."""
+    with (ARTIFACTS / "bench-submission-host.log").open("wb") as host_log:  # a pipe nobody reads would fill up
         host = subprocess.Popen(
             [
                 PYTHON,
@@ -174,50 +186,65 @@ def _one(latency_ms: float, per_client: int) -> dict[str, Any]:
         )
         try:
             _wait_for_port(port, host)
-
-            async def run() -> tuple[list[float], Counter[int], float, list[float], Counter[int]]:
-                async with aiohttp.ClientSession() as http:
-                    signed_in = [(await _sign_in(http, base, u["id"]), u["userPrincipalName"]) for u in requesters]
-                people = [signed_in[i::CLIENTS] for i in range(CLIENTS)]
-                targets = mailboxes[1:]
-                warm = targets[: CLIENTS * WARMUP_PER_CLIENT]
-                rest = targets[CLIENTS * WARMUP_PER_CLIENT :]
-                warm_lat, warm_status, _ = await _load(base, people, warm, WARMUP_PER_CLIENT)
-                latencies, statuses, wall = await _load(base, people, rest, per_client)
-                return latencies, statuses, wall, warm_lat, warm_status
-
-            log("signing in the clients, warming up, then measuring")
-            pids = {"host": host.pid, "emulator": emulator.pid, "azurite": azurite.pid or 0}
-            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            self_before = time.process_time()
-            latencies, statuses, wall, _, warm_status = asyncio.run(run())
-            cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
-            cpu["load generator"] = round(time.process_time() - self_before, 2)
-            rss = peak_rss_mib(host.pid)
+            yield host
         finally:
-            host.terminate()
-            try:
-                host.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                host.kill()
-            host_log.close()
-    ms = [1000 * v for v in latencies]
-    row = {
+            stop_process(host, timeout=30)
+
+
+async def _sign_in_and_load(base: str, requesters: list[dict[str, Any]], mailboxes: list[str], per_client: int) -> Load:
+    """Sign every requester in, spread them over the clients, warm up, then measure."""
+    async with aiohttp.ClientSession() as http:
+        signed_in = [(await _sign_in(http, base, u["id"]), u["userPrincipalName"]) for u in requesters]
+    people = [signed_in[i::CLIENTS] for i in range(CLIENTS)]
+    targets = mailboxes[1:]
+    warm = targets[: CLIENTS * WARMUP_PER_CLIENT]
+    rest = targets[CLIENTS * WARMUP_PER_CLIENT :]
+    _, warm_status, _ = await _load(base, people, warm, WARMUP_PER_CLIENT)
+    latencies, statuses, wall = await _load(base, people, rest, per_client)
+    return Load(latencies, statuses, wall, warm_status)
+
+
+def _row(latency_ms: float, load: Load, cpu: dict[str, float], rss: float) -> dict[str, Any]:
+    ms = [1000 * v for v in load.latencies]
+    return {
         "latency_ms": latency_ms,
         "clients": CLIENTS,
         "requests": len(ms),
-        "statuses": dict(statuses),
-        "warmup_statuses": dict(warm_status),
+        "statuses": dict(load.statuses),
+        "warmup_statuses": dict(load.warmup_statuses),
         "p50_ms": round(statistics.median(ms), 1),
         "p95_ms": round(_percentile(ms, 95), 1),
         "p99_ms": round(_percentile(ms, 99), 1),
         "max_ms": round(max(ms), 1),
-        "throughput_rps": round(len(ms) / wall, 1),
-        "wall_s": round(wall, 2),
+        "throughput_rps": round(len(ms) / load.wall_s, 1),
+        "wall_s": round(load.wall_s, 2),
         "host_peak_rss_mib": rss,
         "cpu_s_incl_warmup": cpu,
     }
-    log(f"  p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, {row['throughput_rps']} req/s, statuses {dict(statuses)}")
+
+
+def _one(latency_ms: float, per_client: int) -> dict[str, Any]:
+    needed = CLIENTS * (per_client + WARMUP_PER_CLIENT)
+    options = EmulatorOptions(mailboxes=max(1000, needed + 100), latency_ms=latency_ms, concurrency_limit=4)
+    print(f"{CLIENTS} clients x {per_client} requests, Exchange latency {latency_ms:.0f} ms")
+    with Azurite() as azurite, EmulatorProcess(options) as emulator:
+        users = emulator.control("GET", "users")
+        mailboxes = [m["address"] for m in emulator.mailboxes()]
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = _host_env(emulator, azurite, base, notify_from=mailboxes[0], approver=users[-1]["id"])
+        init_store(env)
+        with _local_host(port, emulator, env) as host:
+            log("signing in the clients, warming up, then measuring")
+            pids = {"host": host.pid, "emulator": emulator.pid, "azurite": azurite.pid or 0}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            self_before = time.process_time()
+            load = asyncio.run(_sign_in_and_load(base, users[: CLIENTS * USERS_PER_CLIENT], mailboxes, per_client))
+            cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+            cpu["load generator"] = round(time.process_time() - self_before, 2)
+            rss = peak_rss_mib(host.pid)
+    row = _row(latency_ms, load, cpu, rss)
+    log(f"  p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, {row['throughput_rps']} req/s, statuses {row['statuses']}")
     log(f"  CPU seconds (sign-in, warm-up and measured phase): {cpu}")
     return row
 

@@ -21,7 +21,7 @@ def _fail_cmdlet(text: str) -> tuple[str, int]:
     return name, int(status)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m emulator", description=__doc__)
     p.add_argument("--port", type=int, default=8443, help="0 picks a free port")
     p.add_argument("--mailboxes", type=int, default=500)
@@ -54,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help='add a "Block legacy authentication" Conditional Access policy in this state',
     )
-    args = p.parse_args(argv)
+    return p
 
+
+def _tenant(args: argparse.Namespace) -> Tenant:
     tenant = Tenant(args.tenant_id)
     tenant.org_smtp_client_authentication_disabled = args.org_smtp_disabled == "true"
     tenant.seed(
@@ -69,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     tenant.security_defaults = args.security_defaults
     if args.block_legacy_auth:
         tenant.block_legacy_auth_policy(args.block_legacy_auth)
-    faults = Faults(
+    return tenant
+
+
+def _faults(args: argparse.Namespace) -> Faults:
+    return Faults(
         latency_ms=args.latency_ms,
         concurrency_limit=args.concurrency_limit,
         concurrency_retry_after=args.concurrency_retry_after,
@@ -80,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         failing_cmdlets=dict(args.fail_cmdlet),
         rng_seed=args.fault_seed,
     )
-    server = EmulatorServer(tenant, faults, port=args.port, ca_path=args.ca_file)
+
+
+def _serve_until_signalled(server: EmulatorServer) -> None:
+    """Start, print the settings line, and run until SIGINT or SIGTERM; the server always stops."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -91,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    server = EmulatorServer(_tenant(args), _faults(args), port=args.port, ca_path=args.ca_file)
+    _serve_until_signalled(server)
     return 0
 
 

@@ -18,7 +18,7 @@ from yarl import URL
 from .calllog import CallLog, call_key
 from .faults import Faults
 from .identity import TokenChecker
-from .opath import FilterError, compile_filter
+from .opath import FilterError, Predicate, compile_filter
 from .tenant import MAILBOX_TYPES, Mailbox, Tenant
 
 SERVER_FQDN = "EMULATOR01.prod.outlook.com"
@@ -141,7 +141,10 @@ def _cas_full(m: Mailbox) -> dict[str, Any]:
     }
 
 
-def _serializer(fields: dict[str, Getter], full: Callable[[Mailbox], dict[str, Any]], select: str | None):
+Serializer = Callable[[Mailbox], dict[str, Any]]
+
+
+def _serializer(fields: dict[str, Getter], full: Serializer, select: str | None) -> Serializer:
     if not select:
         return full
     by_lower = {k.lower(): (k, g) for k, g in fields.items()}
@@ -277,6 +280,33 @@ def _parse_skiptoken(token: str | None) -> tuple[str | None, int]:
         raise bad_parameter(f"The $skiptoken '{token}' is not valid.") from None
 
 
+def _compile_filter(text: str, mailbox_created: bool) -> Predicate:
+    try:
+        return compile_filter(text, mailbox_created=mailbox_created)
+    except FilterError as err:
+        raise CmdletError(
+            400,
+            "Microsoft.Exchange.Data.InvalidFilterException",
+            f'Cannot bind parameter \'Filter\' to the target. Exception setting "Filter": "{err}"',
+        ) from None
+
+
+def _continuation(
+    page: list[Mailbox], more: bool, returned: int, cap: int | None, default_size: bool
+) -> tuple[str | None, list[str]]:
+    """The next page's skiptoken, if there is one within the ResultSize cap, and the warnings of this page."""
+    if not (more and page):
+        return None, []
+    total = returned + len(page)
+    if cap is None:
+        return page[-1].guid, []
+    if total < cap:
+        return f"{page[-1].guid}~{total}", []
+    if default_size:
+        return None, [DEFAULT_RESULT_WARNING]
+    return None, []
+
+
 class ExchangeService:
     def __init__(self, tenant: Tenant) -> None:
         self.tenant = tenant
@@ -327,29 +357,18 @@ class ExchangeService:
         self,
         call: Call,
         fields: dict[str, Getter],
-        full: Callable[[Mailbox], dict[str, Any]],
+        full: Serializer,
         *,
         mailbox_created: bool,
         types: set[str] | None = None,
     ) -> tuple[list[dict[str, Any]], str | None, list[str]]:
+        """One page of Get-Mailbox / Get-CASMailbox: by -Identity, or a keyset page of the (filtered) listing."""
         serialize = _serializer(fields, full, call.select)
         if call.identity is not None:
-            mb = self.tenant.find(call.identity)
-            if mb is None or (types is not None and mb.recipient_type_details not in types):
-                raise not_found(call.identity)
-            return [serialize(mb)], None, []
+            return [serialize(self._one_of(call.identity, types))], None, []
         default_size = "ResultSize" not in call.params
         cap = DEFAULT_RESULT_SIZE if default_size else _result_cap(call.params["ResultSize"])
-        pred = None
-        if call.filter:
-            try:
-                pred = compile_filter(call.filter, mailbox_created=mailbox_created)
-            except FilterError as err:
-                raise CmdletError(
-                    400,
-                    "Microsoft.Exchange.Data.InvalidFilterException",
-                    f'Cannot bind parameter \'Filter\' to the target. Exception setting "Filter": "{err}"',
-                ) from None
+        pred = _compile_filter(call.filter, mailbox_created) if call.filter else None
         after, returned = _parse_skiptoken(call.skiptoken)
         limit = call.page_size if cap is None else min(call.page_size, cap - returned)
         if limit <= 0:
@@ -357,29 +376,31 @@ class ExchangeService:
         if pred is None and types is None:
             page = self.tenant.page(after, limit + 1)  # O(page): keyset + bisect
         else:
-            page = []
-            mailboxes = self.tenant.mailboxes
-            for guid in self.tenant.scan(after):
-                mb = mailboxes.get(guid)
-                if mb is None or (types is not None and mb.recipient_type_details not in types):
-                    continue
-                if pred is None or pred(mb):
-                    page.append(mb)
-                    if len(page) > limit:
-                        break
+            page = self._scan(after, limit + 1, pred, types)
         more = len(page) > limit
         page = page[:limit]
-        total = returned + len(page)
-        next_token = None
-        warnings: list[str] = []
-        if more and page:
-            if cap is None:
-                next_token = page[-1].guid
-            elif total < cap:
-                next_token = f"{page[-1].guid}~{total}"
-            elif default_size:
-                warnings.append(DEFAULT_RESULT_WARNING)
+        next_token, warnings = _continuation(page, more, returned, cap, default_size)
         return [serialize(m) for m in page], next_token, warnings
+
+    def _one_of(self, identity: str, types: set[str] | None) -> Mailbox:
+        mb = self.tenant.find(identity)
+        if mb is None or (types is not None and mb.recipient_type_details not in types):
+            raise not_found(identity)
+        return mb
+
+    def _scan(self, after: str | None, want: int, pred: Predicate | None, types: set[str] | None) -> list[Mailbox]:
+        """Up to `want` mailboxes after the cursor that are of `types` and match `pred` (every mailbox is looked at)."""
+        found: list[Mailbox] = []
+        mailboxes = self.tenant.mailboxes
+        for guid in self.tenant.scan(after):
+            mb = mailboxes.get(guid)
+            if mb is None or (types is not None and mb.recipient_type_details not in types):
+                continue
+            if pred is None or pred(mb):
+                found.append(mb)
+                if len(found) >= want:
+                    break
+        return found
 
     def _get_mailbox(self, call: Call) -> tuple[list[dict[str, Any]], str | None, list[str]]:
         _check_params(call, {"Identity", "ResultSize", "Filter", "RecipientTypeDetails"})
@@ -523,6 +544,17 @@ def _fmt_retry(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
+def _throttled(retry_after: float) -> Result:
+    """A random throttling fault (top level or $batch item): 429 with Retry-After."""
+    msg = f"The request was throttled. Retry after {_fmt_retry(retry_after)} seconds."
+    return Result(
+        429,
+        error_body(429, "Microsoft.Exchange.Admin.OData.Core.ThrottlingException", msg, top_message=msg),
+        {"Retry-After": _fmt_retry(retry_after)},
+        retry_after,
+    )
+
+
 class ExchangeRoutes:
     """Auth, the concurrency gate, latency and faults around ExchangeService."""
 
@@ -580,14 +612,7 @@ class ExchangeRoutes:
     def _random_fault(self) -> Result | None:
         f = self.faults
         if f.roll(f.throttle_rate):
-            ra = f.retry_after_seconds
-            msg = f"The request was throttled. Retry after {_fmt_retry(ra)} seconds."
-            return Result(
-                429,
-                error_body(429, "Microsoft.Exchange.Admin.OData.Core.ThrottlingException", msg, top_message=msg),
-                {"Retry-After": _fmt_retry(ra)},
-                ra,
-            )
+            return _throttled(f.retry_after_seconds)
         if f.roll(f.error_503_rate):
             msg = "The service is temporarily unavailable. Please try again later."
             return Result(
@@ -618,14 +643,7 @@ class ExchangeRoutes:
         f = self.faults
         if not f.roll(f.batch_item_throttle_rate):
             return None
-        ra = f.retry_after_seconds
-        msg = f"The request was throttled. Retry after {_fmt_retry(ra)} seconds."
-        return Result(
-            429,
-            error_body(429, "Microsoft.Exchange.Admin.OData.Core.ThrottlingException", msg, top_message=msg),
-            {"Retry-After": _fmt_retry(ra)},
-            ra,
-        )
+        return _throttled(f.retry_after_seconds)
 
     @staticmethod
     def _parse_input(body: Any) -> tuple[str, dict[str, Any]]:

@@ -26,7 +26,7 @@ from aiohttp import web
 from .calllog import CallLog
 from .faults import Faults
 from .identity import TokenChecker
-from .tenant import SECURITY_DEFAULTS_ID, Tenant, User
+from .tenant import SECURITY_DEFAULTS_ID, Mailbox, Tenant, User
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -334,6 +334,54 @@ def page(request: web.Request, items: list[Any], top: int) -> tuple[list[Any], s
     return chunk, str(request.url.with_query(query))
 
 
+# -- sendMail's JSON message -------------------------------------------------------------------
+
+
+def _recipients(message: dict[str, Any], field: str) -> list[str]:
+    """The addresses of one recipient list (toRecipients, ccRecipients, bccRecipients); [] if absent."""
+    raw = message.get(field) or []
+    if not isinstance(raw, list):
+        raise bad_request(f"'{field}' must be a list of recipients.", "RequestBodyRead")
+    out = []
+    for r in raw:
+        addr = (r or {}).get("emailAddress", {}).get("address") if isinstance(r, dict) else None
+        if not isinstance(addr, str) or "@" not in addr:
+            raise bad_request(
+                f"At least one recipient is not valid., Recipient '{addr or ''}' is not resolved. All "
+                "recipients must be resolved before a message can be submitted.",
+                "ErrorInvalidRecipients",
+            )
+        out.append(addr)
+    return out
+
+
+def _internet_headers(message: dict[str, Any]) -> dict[str, str]:
+    """internetMessageHeaders as a dict; Graph takes only custom (x-) headers."""
+    headers: dict[str, str] = {}
+    for h in message.get("internetMessageHeaders") or []:
+        name = str((h or {}).get("name", ""))
+        if not name.lower().startswith("x-"):
+            raise bad_request(
+                f"The internet message header name '{name}' should start with 'x-' or 'X-'.",
+                "InvalidInternetMessageHeader",
+            )
+        headers[name] = str(h.get("value", ""))
+    return headers
+
+
+def _attachments(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Name, content type and decoded size of each file attachment (contentBytes must be base64)."""
+    attachments = []
+    for a in message.get("attachments") or []:
+        data = a.get("contentBytes") or ""
+        try:
+            size = len(base64.b64decode(data, validate=True))
+        except (binascii.Error, ValueError):
+            raise bad_request("Invalid base64 in attachment contentBytes.", "RequestBodyRead") from None
+        attachments.append({"name": a.get("name"), "contentType": a.get("contentType"), "size": size})
+    return attachments
+
+
 # -- routes --------------------------------------------------------------------------------------
 
 
@@ -557,17 +605,7 @@ class GraphRoutes:
     # -- sendMail --------------------------------------------------------------------------------
 
     async def send_mail(self, request: web.Request) -> web.Response:
-        ident = request.match_info["id"]
-        mb = self.tenant.find(ident)
-        if mb is None:
-            bare = self.tenant.find_user(ident)
-            if bare is not None:
-                raise GraphError(
-                    404,
-                    "MailboxNotEnabledForRESTAPI",
-                    "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
-                )
-            raise GraphError(404, "ErrorInvalidUser", f"The requested user '{ident}' is invalid.")
+        mb = self._sender(request.match_info["id"])
         if self.faults.take_send_mail_failure():
             return graph_error(
                 request,
@@ -579,57 +617,42 @@ class GraphRoutes:
         if request.content_type == "text/plain":
             record = await self._mime_mail(request)
             record.update({"from": mb.primary_smtp_address, "sender_type": mb.recipient_type_details})
-            with self.tenant.lock:
-                self.tenant.sent_mail.append(record)
-            return web.Response(status=202)
+        else:
+            record = await self._json_mail(request, mb)
+        with self.tenant.lock:
+            self.tenant.sent_mail.append(record)
+        return web.Response(status=202)
+
+    def _sender(self, ident: str) -> Mailbox:
+        """The mailbox that sends: any mailbox; a user without one gets Exchange's 404."""
+        mb = self.tenant.find(ident)
+        if mb is not None:
+            return mb
+        if self.tenant.find_user(ident) is not None:
+            raise GraphError(
+                404,
+                "MailboxNotEnabledForRESTAPI",
+                "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+            )
+        raise GraphError(404, "ErrorInvalidUser", f"The requested user '{ident}' is invalid.")
+
+    async def _json_mail(self, request: web.Request, mb: Mailbox) -> dict[str, Any]:
+        """sendMail in JSON form: {"message": {...}, "saveToSentItems"?}, validated as Graph does."""
         # Action parameter names are case-insensitive in Graph, and msgraph-sdk sends them PascalCase
         # ("Message", "SaveToSentItems"), while the docs show camelCase.
         body = {k.lower(): v for k, v in (await self._json(request)).items()}
         message = body.get("message")
         if not isinstance(message, dict):
             raise bad_request("The 'message' parameter is required.", "ErrorInvalidParameter")
-
-        def addresses(field: str) -> list[str]:
-            raw = message.get(field) or []
-            if not isinstance(raw, list):
-                raise bad_request(f"'{field}' must be a list of recipients.", "RequestBodyRead")
-            out = []
-            for r in raw:
-                addr = (r or {}).get("emailAddress", {}).get("address") if isinstance(r, dict) else None
-                if not isinstance(addr, str) or "@" not in addr:
-                    raise bad_request(
-                        f"At least one recipient is not valid., Recipient '{addr or ''}' is not resolved. All "
-                        "recipients must be resolved before a message can be submitted.",
-                        "ErrorInvalidRecipients",
-                    )
-                out.append(addr)
-            return out
-
-        to, cc, bcc = addresses("toRecipients"), addresses("ccRecipients"), addresses("bccRecipients")
+        to, cc, bcc = (_recipients(message, f) for f in ("toRecipients", "ccRecipients", "bccRecipients"))
         if not (to or cc or bcc):
             raise bad_request("At least one recipient is required, but none were found.", "ErrorInvalidRecipients")
         content = message.get("body") or {}
         content_type = str(content.get("contentType") or "text").lower()
         if content_type not in ("text", "html"):
             raise bad_request(f"Requested value '{content.get('contentType')}' was not found.", "RequestBodyRead")
-        headers: dict[str, str] = {}
-        for h in message.get("internetMessageHeaders") or []:
-            name = str((h or {}).get("name", ""))
-            if not name.lower().startswith("x-"):
-                raise bad_request(
-                    f"The internet message header name '{name}' should start with 'x-' or 'X-'.",
-                    "InvalidInternetMessageHeader",
-                )
-            headers[name] = str(h.get("value", ""))
-        attachments = []
-        for a in message.get("attachments") or []:
-            data = a.get("contentBytes") or ""
-            try:
-                size = len(base64.b64decode(data, validate=True))
-            except (binascii.Error, ValueError):
-                raise bad_request("Invalid base64 in attachment contentBytes.", "RequestBodyRead") from None
-            attachments.append({"name": a.get("name"), "contentType": a.get("contentType"), "size": size})
-        record = {
+        text = content.get("content") or ""
+        return {
             "id": str(uuid.uuid4()),
             "sent_at": datetime.now(UTC).isoformat(),
             "from": mb.primary_smtp_address,
@@ -639,18 +662,15 @@ class GraphRoutes:
             "bcc": bcc,
             "subject": message.get("subject") or "",
             "content_type": content_type,
-            "body": content.get("content") or "",
-            "headers": headers,
-            "attachments": attachments,
+            "body": text,
+            "headers": _internet_headers(message),
+            "attachments": _attachments(message),
             "save_to_sent_items": body.get("savetosentitems", True) is not False,
             "message": message,
             "mime": False,
-            "html_body": (content.get("content") or "") if content_type == "html" else None,
-            "text_body": (content.get("content") or "") if content_type == "text" else None,
+            "html_body": text if content_type == "html" else None,
+            "text_body": text if content_type == "text" else None,
         }
-        with self.tenant.lock:
-            self.tenant.sent_mail.append(record)
-        return web.Response(status=202)
 
     async def _mime_mail(self, request: web.Request) -> dict[str, Any]:
         """sendMail in MIME form: `Content-Type: text/plain`, body = base64 of an RFC 5322 message.

@@ -82,64 +82,86 @@ def issue_token(tenant: Tenant, client_id: str, audience: str, resource: str, ba
     return jwt.encode(claims, _SIGNING_KEY, algorithm="HS256")
 
 
+class _Refused(Exception):
+    """A token request Entra ID would refuse: becomes its AADSTS error response."""
+
+    def __init__(self, status: int, error: str, code: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.error, self.code, self.text = status, error, code, text
+
+    def response(self) -> web.Response:
+        return _aad_error(self.status, self.error, self.code, self.text)
+
+
+def _check_tenant(tenant: Tenant, tid: str) -> None:
+    if tid.lower() not in {tenant.tenant_id.lower(), tenant.domain.lower()}:
+        raise _Refused(
+            400,
+            "invalid_request",
+            90002,
+            f"Tenant '{tid}' not found. Check to make sure you have the correct tenant ID and are signing "
+            "into the correct cloud.",
+        )
+
+
+def _check_client(tenant: Tenant, grant: str, client_id: str, secret: str) -> None:
+    """Client credentials only, from a registered app with its secret."""
+    if grant != "client_credentials":
+        raise _Refused(400, "unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant}'.")
+    client = tenant.clients.get(client_id)
+    if client is None:
+        raise _Refused(
+            400,
+            "unauthorized_client",
+            700016,
+            f"Application with identifier '{client_id}' was not found in the directory '{tenant.tenant_id}'.",
+        )
+    if not secrets.compare_digest(secret.encode(), client.secret.encode()):
+        raise _Refused(
+            401,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client "
+            f"secret value, not the client secret ID, for a secret added to app '{client_id}'.",
+        )
+
+
+def _audience_and_resource(tenant: Tenant, scope: str, port: int | None) -> tuple[str, str]:
+    """`{resource URI}/.default` -> (the resource URI, the name of the emulated resource)."""
+    scopes = scope.split()
+    if len(scopes) != 1 or not scopes[0].endswith("/.default"):
+        raise _Refused(
+            400,
+            "invalid_scope",
+            1002012,
+            f"The provided value for scope {scope} is not valid. Client credential flows must have a scope "
+            "value with /.default suffixed to the resource identifier (application ID URI).",
+        )
+    audience = scopes[0][: -len("/.default")]
+    resource = resource_of(audience, port)
+    if resource is None:
+        raise _Refused(
+            400,
+            "invalid_resource",
+            500011,
+            f"The resource principal named {audience} was not found in the tenant named "
+            f"{tenant.display_name}. This can happen if the application has not been installed by the "
+            "administrator of the tenant or consented to by any user in the tenant.",
+        )
+    return audience, resource
+
+
 def identity_routes(tenant: Tenant) -> list[web.RouteDef]:
     async def token(request: web.Request) -> web.Response:
-        tid = request.match_info["tenant"]
-        if tid.lower() not in {tenant.tenant_id.lower(), tenant.domain.lower()}:
-            return _aad_error(
-                400,
-                "invalid_request",
-                90002,
-                f"Tenant '{tid}' not found. Check to make sure you have the correct tenant ID and are signing "
-                "into the correct cloud.",
-            )
-        form = await request.post()
-        grant = str(form.get("grant_type", ""))
-        client_id = str(form.get("client_id", ""))
-        secret = str(form.get("client_secret", ""))
-        scope = str(form.get("scope", ""))
-        if grant != "client_credentials":
-            return _aad_error(
-                400, "unsupported_grant_type", 70003, f"The app requested an unsupported grant type '{grant}'."
-            )
-        client = tenant.clients.get(client_id)
-        if client is None:
-            return _aad_error(
-                400,
-                "unauthorized_client",
-                700016,
-                f"Application with identifier '{client_id}' was not found in the directory '{tenant.tenant_id}'.",
-            )
-        if not secrets.compare_digest(secret.encode(), client.secret.encode()):
-            return _aad_error(
-                401,
-                "invalid_client",
-                7000215,
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client "
-                f"secret value, not the client secret ID, for a secret added to app '{client_id}'.",
-            )
-        scopes = scope.split()
-        if len(scopes) != 1 or not scopes[0].endswith("/.default"):
-            return _aad_error(
-                400,
-                "invalid_scope",
-                1002012,
-                f"The provided value for scope {scope} is not valid. Client credential flows must have a scope "
-                "value with /.default suffixed to the resource identifier (application ID URI).",
-            )
-        audience = scopes[0][: -len("/.default")]
-        resource = resource_of(audience, local_port(request))
-        if resource is None:
-            return _aad_error(
-                400,
-                "invalid_resource",
-                500011,
-                f"The resource principal named {audience} was not found in the tenant named "
-                f"{tenant.display_name}. This can happen if the application has not been installed by the "
-                "administrator of the tenant or consented to by any user in the tenant.",
-            )
-        base = f"{request.scheme}://{request.host}"
-        access = issue_token(tenant, client_id, audience, resource, base)
+        try:
+            _check_tenant(tenant, request.match_info["tenant"])
+            form = await request.post()
+            client_id = str(form.get("client_id", ""))
+            _check_client(tenant, str(form.get("grant_type", "")), client_id, str(form.get("client_secret", "")))
+            audience, resource = _audience_and_resource(tenant, str(form.get("scope", "")), local_port(request))
+        except _Refused as refused:
+            return refused.response()
+        access = issue_token(tenant, client_id, audience, resource, f"{request.scheme}://{request.host}")
         return web.json_response(
             {
                 "token_type": "Bearer",

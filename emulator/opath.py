@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,18 +117,20 @@ class _Parser:
         return pred
 
     def _or(self) -> Predicate:
-        parts = [self._and()]
-        while self._peek() == ("op", "-or"):
-            self.i += 1
-            parts.append(self._and())
-        return parts[0] if len(parts) == 1 else lambda m: any(p(m) for p in parts)
+        return self._joined("-or", self._and, any)
 
     def _and(self) -> Predicate:
-        parts = [self._factor()]
-        while self._peek() == ("op", "-and"):
+        return self._joined("-and", self._factor, all)
+
+    def _joined(
+        self, op: str, operand: Callable[[], Predicate], combine: Callable[[Iterable[bool]], bool]
+    ) -> Predicate:
+        """`operand (op operand)*`: one operand as it is, more combined with any (-or) or all (-and)."""
+        parts = [operand()]
+        while self._peek() == ("op", op):
             self.i += 1
-            parts.append(self._factor())
-        return parts[0] if len(parts) == 1 else lambda m: all(p(m) for p in parts)
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else lambda m: combine(p(m) for p in parts)
 
     def _factor(self) -> Predicate:
         kind, value = self._next()

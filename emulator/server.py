@@ -7,9 +7,11 @@ import ssl
 import tempfile
 import threading
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
 from aiohttp import web
+
+from devservices.lifecycle import Service
 
 from .calllog import CallLog
 from .certs import EmulatorCerts, create_certs
@@ -31,7 +33,7 @@ def build_app(tenant: Tenant, faults: Faults, calllog: CallLog) -> web.Applicati
     return app
 
 
-class EmulatorServer:
+class EmulatorServer(Service):
     """Start/stop an emulator on 127.0.0.1; also a context manager.
 
     `port=0` picks a free port. `ca_path=None` writes the CA into a private temp directory.
@@ -108,7 +110,7 @@ class EmulatorServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> EmulatorServer:
+    def start(self) -> Self:
         if self._thread is not None:
             return self
         self.certs = create_certs(self.ca_path, reuse=self._reuse_ca)
@@ -170,11 +172,3 @@ class EmulatorServer:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
-
-    def __enter__(self) -> EmulatorServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

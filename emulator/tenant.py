@@ -7,7 +7,7 @@ import random
 import sys
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -156,6 +156,112 @@ def _uuid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
+def _signin_resource(
+    user: User, client_app_used: str, when: datetime, status_error_code: int, ip: str, signin_id: str | None
+) -> dict[str, Any]:
+    """A Graph signIn resource of Exchange Online (what SMTP AUTH sign-ins look like in the log)."""
+    failure = _SIGNIN_FAILURES.get(status_error_code, "Other.") if status_error_code else "Other."
+    return {
+        "id": signin_id or str(uuid.uuid4()),
+        "createdDateTime": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "userDisplayName": user.display_name,
+        "userPrincipalName": user.user_principal_name,
+        "userId": user.id,
+        "appId": EXO_APP_ID,
+        "appDisplayName": "Office 365 Exchange Online",
+        "ipAddress": ip,
+        "clientAppUsed": client_app_used,
+        "correlationId": str(uuid.uuid5(uuid.NAMESPACE_OID, signin_id)) if signin_id else str(uuid.uuid4()),
+        "conditionalAccessStatus": "notApplied",
+        "isInteractive": False,
+        "riskDetail": "none",
+        "riskLevelAggregated": "none",
+        "riskLevelDuringSignIn": "none",
+        "riskState": "none",
+        "riskEventTypes": [],
+        "riskEventTypes_v2": [],
+        "resourceDisplayName": "Office 365 Exchange Online",
+        "resourceId": EXO_APP_ID,
+        "status": {"errorCode": status_error_code, "failureReason": failure, "additionalDetails": None},
+        "deviceDetail": {
+            "deviceId": "",
+            "displayName": "",
+            "operatingSystem": "",
+            "browser": "",
+            "isCompliant": False,
+            "isManaged": False,
+            "trustType": "",
+        },
+        "location": {"city": "", "state": "", "countryOrRegion": "", "geoCoordinates": {}},
+        "appliedConditionalAccessPolicies": [],
+    }
+
+
+@dataclass(slots=True)
+class _MailboxGenerator:
+    """Tenant.seed's mailboxes: mailbox `n` from one random generator, whose draws must stay in this order."""
+
+    rng: random.Random
+    domain: str
+    now: datetime
+    span_s: float  # WhenCreated is up to this long before `now`
+    disabled_true: float
+    disabled_none: float
+    late_provisioned: float
+    mix: _SeedMix = field(default_factory=_SeedMix)
+
+    def __call__(self, n: int) -> Mailbox:
+        rng = self.rng
+        kind, display, alias = self._names(n)
+        s = rng.random()
+        smtp: bool | None = (
+            True if s < self.disabled_true else None if s < self.disabled_true + self.disabled_none else False
+        )
+        created, mbx_created, changed = self._dates()
+        address = f"{alias}@{self.domain}"
+        return Mailbox(
+            guid=_uuid(rng),
+            external_directory_object_id=_uuid(rng),
+            display_name=display,
+            alias=alias,
+            primary_smtp_address=address,
+            user_principal_name=address,  # same object: saves memory at 1M mailboxes
+            recipient_type_details=kind,
+            smtp_client_authentication_disabled=smtp,
+            when_created=created,
+            when_mailbox_created=mbx_created,
+            when_changed=changed,
+        )
+
+    def _names(self, n: int) -> tuple[str, str, str]:
+        """(RecipientTypeDetails, display name, alias) of mailbox `n`."""
+        rng, mix = self.rng, self.mix
+        r = rng.random()
+        if r < mix.user:
+            first, last = rng.choice(_FIRST), rng.choice(_LAST)
+            display = sys.intern(f"{first} {last}")  # 400 distinct names: share them
+            return "UserMailbox", display, f"{first}.{last}{n}".lower()
+        if r < mix.user + mix.shared:
+            base = rng.choice(_SHARED)
+            return "SharedMailbox", f"{base.title()} {n}", f"{base}{n}"
+        if r < mix.user + mix.shared + mix.room:
+            return "RoomMailbox", f"{rng.choice(_ROOMS)} {n}", f"room{n}"
+        return "EquipmentMailbox", f"{rng.choice(_EQUIPMENT)} {n}", f"equipment{n}"
+
+    def _dates(self) -> tuple[datetime, datetime, datetime]:
+        """(WhenCreated, WhenMailboxCreated, WhenChanged), none of them after `now`."""
+        rng, now = self.rng, self.now
+        created = now - timedelta(seconds=rng.random() * self.span_s)
+        if rng.random() < self.late_provisioned:
+            # An old user whose mailbox was provisioned today: "new" for the incremental sweep.
+            mbx_created = max(created, now - timedelta(seconds=rng.random() * 86400))
+        else:
+            mbx_created = min(now, created + timedelta(seconds=rng.random() * 3 * 86400))
+        # Later edits (CAS settings, renames) move WhenChanged; never into the future.
+        changed = min(now, mbx_created + timedelta(seconds=rng.random() * (now - mbx_created).total_seconds()))
+        return created, mbx_created, changed
+
+
 class Tenant:
     """Mutations take `lock`, because tests and the control API change state from other threads."""
 
@@ -230,60 +336,18 @@ class Tenant:
     ) -> None:
         """Create `count` mailboxes deterministically (same seed and `now`, same tenant)."""
         start = self._serial
-        # Mix the start offset in so a second seed() call does not repeat the first one's guids.
-        rng = random.Random(rng_seed * 1_000_003 + start)
         now = now or _utcnow()
-        mix = _SeedMix()
-        span = years * 365 * 86400
-        built: list[Mailbox] = []
-        for n in range(start, start + count):
-            r = rng.random()
-            if r < mix.user:
-                kind = "UserMailbox"
-                first, last = rng.choice(_FIRST), rng.choice(_LAST)
-                display = sys.intern(f"{first} {last}")  # 400 distinct names: share them
-                alias = f"{first}.{last}{n}".lower()
-            elif r < mix.user + mix.shared:
-                kind = "SharedMailbox"
-                base = rng.choice(_SHARED)
-                display = f"{base.title()} {n}"
-                alias = f"{base}{n}"
-            elif r < mix.user + mix.shared + mix.room:
-                kind = "RoomMailbox"
-                base = rng.choice(_ROOMS)
-                display = f"{base} {n}"
-                alias = f"room{n}"
-            else:
-                kind = "EquipmentMailbox"
-                base = rng.choice(_EQUIPMENT)
-                display = f"{base} {n}"
-                alias = f"equipment{n}"
-            s = rng.random()
-            smtp: bool | None = True if s < disabled_true else None if s < disabled_true + disabled_none else False
-            created = now - timedelta(seconds=rng.random() * span)
-            if rng.random() < late_provisioned:
-                # An old user whose mailbox was provisioned today: "new" for the incremental sweep.
-                mbx_created = max(created, now - timedelta(seconds=rng.random() * 86400))
-            else:
-                mbx_created = min(now, created + timedelta(seconds=rng.random() * 3 * 86400))
-            # Later edits (CAS settings, renames) move WhenChanged; never into the future.
-            changed = min(now, mbx_created + timedelta(seconds=rng.random() * (now - mbx_created).total_seconds()))
-            address = f"{alias}@{self.domain}"
-            built.append(
-                Mailbox(
-                    guid=_uuid(rng),
-                    external_directory_object_id=_uuid(rng),
-                    display_name=display,
-                    alias=alias,
-                    primary_smtp_address=address,
-                    user_principal_name=address,  # same object: saves memory at 1M mailboxes
-                    recipient_type_details=kind,
-                    smtp_client_authentication_disabled=smtp,
-                    when_created=created,
-                    when_mailbox_created=mbx_created,
-                    when_changed=changed,
-                )
-            )
+        generate = _MailboxGenerator(
+            # Mix the start offset in so a second seed() call does not repeat the first one's guids.
+            random.Random(rng_seed * 1_000_003 + start),
+            domain=self.domain,
+            now=now,
+            span_s=years * 365 * 86400,
+            disabled_true=disabled_true,
+            disabled_none=disabled_none,
+            late_provisioned=late_provisioned,
+        )
+        built = [generate(n) for n in range(start, start + count)]
         with self.lock:
             self._serial += count
             for mb in built:
@@ -508,41 +572,7 @@ class Tenant:
         when = when or _utcnow()
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
-        failure = _SIGNIN_FAILURES.get(status_error_code, "Other.") if status_error_code else "Other."
-        entry: dict[str, Any] = {
-            "id": signin_id or str(uuid.uuid4()),
-            "createdDateTime": when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "userDisplayName": user.display_name,
-            "userPrincipalName": user.user_principal_name,
-            "userId": user.id,
-            "appId": EXO_APP_ID,
-            "appDisplayName": "Office 365 Exchange Online",
-            "ipAddress": ip,
-            "clientAppUsed": client_app_used,
-            "correlationId": str(uuid.uuid5(uuid.NAMESPACE_OID, signin_id)) if signin_id else str(uuid.uuid4()),
-            "conditionalAccessStatus": "notApplied",
-            "isInteractive": False,
-            "riskDetail": "none",
-            "riskLevelAggregated": "none",
-            "riskLevelDuringSignIn": "none",
-            "riskState": "none",
-            "riskEventTypes": [],
-            "riskEventTypes_v2": [],
-            "resourceDisplayName": "Office 365 Exchange Online",
-            "resourceId": EXO_APP_ID,
-            "status": {"errorCode": status_error_code, "failureReason": failure, "additionalDetails": None},
-            "deviceDetail": {
-                "deviceId": "",
-                "displayName": "",
-                "operatingSystem": "",
-                "browser": "",
-                "isCompliant": False,
-                "isManaged": False,
-                "trustType": "",
-            },
-            "location": {"city": "", "state": "", "countryOrRegion": "", "geoCoordinates": {}},
-            "appliedConditionalAccessPolicies": [],
-        }
+        entry = _signin_resource(user, client_app_used, when, status_error_code, ip, signin_id)
         with self.lock:
             self.signins.append(entry)
         return entry
