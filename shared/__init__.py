@@ -1,5 +1,5 @@
 """SMTP AUTH Guard's library. A map, lowest layer first; each layer imports only those below it
-(tests/test_import_rule.py keeps this true):
+(tests/unit/test_import_rule.py keeps this true):
 
     model/        plain data and rules, no I/O: mailboxes and changes, exception records, requests,
                   notifications, runs, the actor and the principal, the clock, the backoff formula

@@ -10,11 +10,13 @@ import re
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import azure.functions as func
 
+from emulator.server import EmulatorServer
 from emulator.tenant import Mailbox, Tenant
 
 PUBLIC_BASE_URL = "http://localhost:7071"
@@ -184,7 +186,7 @@ def valid_request(mailbox: str, owner: str, **overrides: str) -> dict[str, str]:
 
 async def grant_as_admin(store: Any, address: str, device: str = "MFP") -> Any:
     """`exceptions add` for a 30-day OAuth exception, through the one grant path and the real Exchange client."""
-    from datetime import UTC, datetime
+    from datetime import UTC
 
     from shared.microsoft.exchange import ExchangeClient
     from shared.microsoft.identity import build_credential
@@ -202,3 +204,76 @@ async def grant_as_admin(store: Any, address: str, device: str = "MFP") -> Any:
     finally:
         await credential.close()  # type: ignore[attr-defined]
     return record
+
+
+# -- the workflow as its users drive it, through the app's HTTP functions --------------------------------
+
+
+async def send_outbox(now: datetime | None = None) -> Any:
+    from shared.bootstrap import clients
+    from shared.workflow.notifications import send_due
+
+    return await send_due(await clients(), now)
+
+
+async def submit_form(people: People, fields: dict[str, str], user: Any = None) -> Any:
+    page = await call("exception_form", "GET", "/api/exceptions/new", user=user or people.requester)
+    assert page.status == 200
+    token, cookie = csrf_from(page)
+    return await call(
+        "exception_submit",
+        "POST",
+        "/api/exceptions",
+        user=user or people.requester,
+        form={**fields, "csrf_token": token},
+        cookie=cookie,
+    )
+
+
+async def submitted_request(people: People, **overrides: str) -> str:
+    mailbox = overrides.pop("mailbox", people.printer.primary_smtp_address)
+    response = await submit_form(people, valid_request(mailbox, people.requester.primary_smtp_address, **overrides))
+    assert response.status == 303, response.text
+    return response.headers["Location"].rsplit("/", 1)[1]
+
+
+async def submit_json(people: People, user: Any = None, mailbox: str | None = None) -> Any:
+    """`POST /api/exceptions` as an API client; the printer's mailbox and the requester by default."""
+    body = valid_request(mailbox or people.printer.primary_smtp_address, people.requester.primary_smtp_address)
+    return await call("exception_submit", "POST", "/api/exceptions", user=user or people.requester, body=body)
+
+
+async def open_approval(people: People, emulator: EmulatorServer, request_id: str, user: Any = None) -> tuple[Any, str]:
+    await send_outbox()
+    link = approval_link(emulator.tenant, request_id)
+    page = await call("approval_page", "GET", link, user=user or people.approver, route_params={"id": request_id})
+    return page, link
+
+
+async def post_decision(people: People, request_id: str, page: Any, link: str, user: Any = None, **fields: str) -> Any:
+    csrf, cookie = csrf_from(page)
+    token = link.split("token=", 1)[1]
+    form = {"csrf_token": csrf, "token": token, "decision": "approve", **fields}
+    return await call(
+        "approval_decision",
+        "POST",
+        f"/api/approvals/{request_id}",
+        user=user or people.approver,
+        form=form,
+        cookie=cookie,
+        route_params={"id": request_id},
+    )
+
+
+async def decide_through_the_link(
+    people: People, emulator: EmulatorServer, request_id: str, user: Any = None, **fields: str
+) -> None:
+    """Open the link from the approval mail as an approver and post the decision; both must succeed."""
+    page, link = await open_approval(people, emulator, request_id, user=user)
+    assert page.status == 200, page.text
+    decided = await post_decision(people, request_id, page, link, user=user, **fields)
+    assert decided.status == 200, decided.text
+
+
+def set_calls(emulator: EmulatorServer) -> int:
+    return sum(1 for e in emulator.calllog.entries() if e["cmdlet"] == "Set-CASMailbox" and e["kind"] != "batch")

@@ -1,6 +1,6 @@
 """The stored layouts are contracts: entities as an install writes them today, read and changed by today's code.
 
-tests/fixtures/entities.json holds one or more entities of every kind in docs/storage.md. Each test
+tests/integration/fixtures/entities.json holds one or more entities of every kind in docs/storage.md. Each test
 loads all of them into a fresh Azurite account, then reads, updates or supersedes them through the
 app's `Store` and reads the outcome back raw. A failure here means existing installs would break.
 """

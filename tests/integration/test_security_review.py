@@ -21,15 +21,19 @@ from shared.bootstrap import open_store
 from shared.model.notifications import NotificationKind
 from shared.model.requests import RequestStatus
 from shared.storage import Store
-from tests.test_workflow import (
+from tests.workflow_support import (
+    PUBLIC_BASE_URL,
+    People,
+    call,
+    csrf_from,
     open_approval,
     post_decision,
     send_outbox,
     submit_form,
     submit_json,
     submitted_request,
+    valid_request,
 )
-from tests.workflow_support import PUBLIC_BASE_URL, People, call, csrf_from, valid_request
 
 
 def _form_post(user: Any, fields: dict[str, str], cookie: str, **headers: str) -> Any:

@@ -18,7 +18,7 @@ from schemathesis.checks import not_a_server_error
 
 from tests.workflow_support import Site
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = schemathesis.openapi.from_path(str(REPO / "docs" / "openapi.yaml"))
 GENERATED: Counter[str] = Counter()
 STATUSES: Counter[int] = Counter()

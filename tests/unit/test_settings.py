@@ -80,7 +80,7 @@ def test_function_app_indexes_with_no_settings_at_all() -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=str(__import__("pathlib").Path(__file__).parent.parent),
+        cwd=str(__import__("pathlib").Path(__file__).parents[2]),
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -21,7 +21,7 @@ import pytest
 from emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, EmulatorServer, Tenant
 from emulator.exchange import CONCURRENCY_MESSAGE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # msgraph-sdk's generated request builders warn about their own deprecated configuration classes.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:This class is deprecated:DeprecationWarning"),

@@ -15,7 +15,7 @@ from typing import Any
 
 from pycep import BicepParser
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "infra" / "main.bicep"
 PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__accountName",

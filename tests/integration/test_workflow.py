@@ -1,7 +1,7 @@
 """The request and approval workflow through the app's HTTP functions, Azurite and the tenant emulator.
 
 These tests play the platform's part exactly as App Service does: WEBSITE_AUTH_ENABLED is set and
-the principal header is injected. The browser test (test_browser.py) goes through the local host.
+the principal header is injected. The browser test (tests/e2e/test_browser.py) goes through the local host.
 """
 
 from __future__ import annotations
@@ -27,81 +27,19 @@ from tests.workflow_support import (
     approval_link,
     call,
     csrf_from,
+    decide_through_the_link,
     mail_text,
+    open_approval,
+    post_decision,
+    send_outbox,
+    set_calls,
+    submit_form,
+    submit_json,
+    submitted_request,
     valid_request,
 )
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-
-
-async def send_outbox(now: datetime | None = None) -> Any:
-    from shared.bootstrap import clients
-    from shared.workflow.notifications import send_due
-
-    return await send_due(await clients(), now)
-
-
-async def submit_form(people: People, fields: dict[str, str], user: Any = None) -> Any:
-    page = await call("exception_form", "GET", "/api/exceptions/new", user=user or people.requester)
-    assert page.status == 200
-    token, cookie = csrf_from(page)
-    return await call(
-        "exception_submit",
-        "POST",
-        "/api/exceptions",
-        user=user or people.requester,
-        form={**fields, "csrf_token": token},
-        cookie=cookie,
-    )
-
-
-async def submitted_request(people: People, **overrides: str) -> str:
-    mailbox = overrides.pop("mailbox", people.printer.primary_smtp_address)
-    response = await submit_form(people, valid_request(mailbox, people.requester.primary_smtp_address, **overrides))
-    assert response.status == 303, response.text
-    return response.headers["Location"].rsplit("/", 1)[1]
-
-
-async def submit_json(people: People, user: Any = None, mailbox: str | None = None) -> Any:
-    """`POST /api/exceptions` as an API client; the printer's mailbox and the requester by default."""
-    body = valid_request(mailbox or people.printer.primary_smtp_address, people.requester.primary_smtp_address)
-    return await call("exception_submit", "POST", "/api/exceptions", user=user or people.requester, body=body)
-
-
-async def open_approval(people: People, emulator: EmulatorServer, request_id: str, user: Any = None) -> tuple[Any, str]:
-    await send_outbox()
-    link = approval_link(emulator.tenant, request_id)
-    page = await call("approval_page", "GET", link, user=user or people.approver, route_params={"id": request_id})
-    return page, link
-
-
-async def post_decision(people: People, request_id: str, page: Any, link: str, user: Any = None, **fields: str) -> Any:
-    csrf, cookie = csrf_from(page)
-    token = link.split("token=", 1)[1]
-    form = {"csrf_token": csrf, "token": token, "decision": "approve", **fields}
-    return await call(
-        "approval_decision",
-        "POST",
-        f"/api/approvals/{request_id}",
-        user=user or people.approver,
-        form=form,
-        cookie=cookie,
-        route_params={"id": request_id},
-    )
-
-
-async def decide_through_the_link(
-    people: People, emulator: EmulatorServer, request_id: str, user: Any = None, **fields: str
-) -> None:
-    """Open the link from the approval mail as an approver and post the decision; both must succeed."""
-    page, link = await open_approval(people, emulator, request_id, user=user)
-    assert page.status == 200, page.text
-    decided = await post_decision(people, request_id, page, link, user=user, **fields)
-    assert decided.status == 200, decided.text
-
-
-def set_calls(emulator: EmulatorServer) -> int:
-    return sum(1 for e in emulator.calllog.entries() if e["cmdlet"] == "Set-CASMailbox" and e["kind"] != "batch")
 
 
 async def test_request_to_approval_switches_smtp_auth_on(

@@ -18,7 +18,7 @@ from emulator.server import EmulatorServer
 from tests.workflow_support import Site, approval_link, run_async
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / ".artifacts" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / ".artifacts" / "screenshots"
 # Without the background-networking flags Chromium keeps calling home, which this closed network refuses.
 CHROMIUM_ARGS = [
     "--no-sandbox",
