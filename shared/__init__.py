@@ -8,7 +8,8 @@
     storage/      Azure Table Storage: one repository per aggregate; tables.py holds every key layout
     microsoft/    outbound adapters: credential and actor, transport, Exchange admin API, Graph
     bootstrap.py  the one composition root: builds the credential, the store and the clients
-    sweep/        the reconcile loop: planner (pure), engine (one run), applier ($batch and audit)
+    sweep/        the reconcile loop: planner (pure), engine (one run), applier ($batch and audit),
+                  recovery (settling a run that died), hold (pause and resume)
     workflow/     requests and approvals, grants and revokes (one path each), notifications, the
                   daily lifecycle; raises refusals and knows nothing of HTTP
     web/          the HTTP edge: handlers, body limits, CSRF, responses, Easy Auth's principal,

@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, TextIO
 
 from shared.bootstrap import Connections, connect
 from shared.errors import GuardError, InputError, RefusedError
 from shared.microsoft.identity import actor_for
+from shared.model import export
 from shared.model.clock import utc_now
 from shared.model.exception_records import AuthMethod, ExceptionRecord
-from shared.model.runs import RunOutcome, RunSummary, tri_state
+from shared.model.runs import AuditedChange, RunOutcome, RunSummary, tri_state
 from shared.settings import EnforcementMode, Settings, SettingsError, load_settings
-from shared.storage import TABLES
+from shared.storage import TABLES, InstallStep
+from shared.sweep import hold
 from shared.sweep.engine import SweepRequest, run_sweep
 from shared.workflow.grants import active_mailboxes, grant_exception, revoke_and_switch_off, validate_grant
+from shared.workflow.validation import free_text, mailbox_address
 
 PLAN_LINES = 25  # changes printed for a human; --json and the plan table hold all of them
 
@@ -44,6 +49,7 @@ _OUTCOME_EXIT = {
     RunOutcome.FAILED: Exit.FAILED,
     RunOutcome.OVER_CAP: Exit.REFUSED,
     RunOutcome.REFUSED: Exit.REFUSED,
+    RunOutcome.PAUSED: Exit.REFUSED,
 }
 
 
@@ -82,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
         "be reached the revocation stands, the exit is 1 and it says whether the next sweep will switch it off",
     )
     revoke.add_argument("--mailbox", required=True, metavar="ADDRESS")
+
+    audit = commands.add_parser("audit", help="read the audit trail")
+    audit_actions = audit.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    export = audit_actions.add_parser(
+        "export", help="every change row, streamed: one JSON array (default) or CSV with a header; filters combine"
+    )
+    export.add_argument("--run", metavar="RUN_ID", help="one run's changes")
+    export.add_argument("--mailbox", metavar="ADDRESS", help="one mailbox's changes (its primary SMTP address)")
+    export.add_argument("--since", metavar="ISO", help="changes at or after this UTC time (e.g. 2026-12-01)")
+    export.add_argument("--until", metavar="ISO", help="changes before this UTC time")
+    export.add_argument("--format", choices=("json", "csv"), default="json")
+    export.add_argument("--output", metavar="FILE", help="write here (complete or not at all) instead of stdout")
+
+    pause = commands.add_parser(
+        "pause",
+        help="set the enforcement hold: every sweep plans and reports but applies nothing until `resume` "
+        "(approvals and revocations still act); audited, idempotent",
+    )
+    pause.add_argument("--reason", required=True, metavar="TEXT")
+    commands.add_parser("resume", help="lift the enforcement hold (audited, idempotent)")
     return parser
 
 
@@ -108,8 +134,11 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, out: TextIO, e
         "add": _exceptions_add,
         "list": _exceptions_list,
         "revoke": _exceptions_revoke,
+        "export": _audit_export,
+        "pause": _pause,
+        "resume": _resume,
     }
-    name = args.action if args.command == "exceptions" else args.command
+    name = args.action if args.command in ("exceptions", "audit") else args.command
     async with connect(settings) as connections:
         return await handlers[name](args, settings, connections, out, err)
 
@@ -129,12 +158,13 @@ async def _init(
     args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
 ) -> int:
     actor = await actor_for(connections.credential, settings.exchange_scope)
-    marker, created = await connections.store.state.initialise(settings.tenant_id, str(actor))
-    verb = "initialised" if created else "already initialised"
+    marker, step = await connections.store.state.initialise(settings.tenant_id, str(actor))
     out.write(
-        f"{verb}: tables {', '.join(TABLES)}; install marker for tenant {marker.tenant_id} "
-        f"(written {marker.installed_at:%Y-%m-%d %H:%M}Z)\n"
+        f"{step.value}: tables {', '.join(TABLES)}; install marker for tenant {marker.tenant_id} "
+        f"(written {marker.installed_at:%Y-%m-%d %H:%M}Z, schema version {marker.schema_version})\n"
     )
+    if step is InstallStep.UPGRADED:  # the audit rows written before the day index existed
+        out.write(f"  indexed the audit rows of {await connections.store.audit.index_existing()} earlier runs\n")
     return Exit.OK
 
 
@@ -165,12 +195,15 @@ def summary_json(summary: RunSummary) -> dict[str, Any]:
         {**c.to_json(), "before": tri_state(c.before), "after": tri_state(c.after)} for c in summary.changes
     ]
     data["org_smtp_auth_disabled"] = tri_state(summary.org_smtp_auth_disabled)
+    data["hold"] = summary.hold.to_json() if summary.hold else None
     return data
 
 
 def _print_summary(summary: RunSummary, out: TextIO) -> None:
     scope = "full reconcile" if summary.full else "incremental sweep"
     out.write(f"{scope} in {summary.mode} mode, run {summary.run_id}: {summary.outcome.value}\n")
+    if summary.hold is not None:
+        out.write(f"  {summary.hold.describe()}\n")
     out.write(f"  organisation SMTP AUTH disabled (Get-TransportConfig): {tri_state(summary.org_smtp_auth_disabled)}\n")
     out.write(f"  mailboxes scanned: {summary.scanned}; changes planned: {summary.planned}")
     if summary.by_reason:
@@ -272,6 +305,81 @@ async def _exceptions_revoke(
         err.write(f"failed: SMTP AUTH could not be switched off now ({done.problem}); {done.next_step}\n")
         code = Exit.FAILED
     return code
+
+
+async def _audit_export(
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
+) -> int:
+    since, until = _moment("--since", args.since), _moment("--until", args.until)
+    if since is not None and until is not None and until <= since:
+        raise InputError("--until", "must be later than --since")
+    address = mailbox_address("--mailbox", args.mailbox) if args.mailbox is not None else None
+    store = connections.store
+    await store.state.require_current(settings.tenant_id)
+    rows = store.audit.export(run_id=args.run, address=address, since=since, until=until)
+    if args.output is None:
+        count = await _write_export(rows, args.format, out)
+    else:
+        target = Path(args.output)
+        partial = target.with_name(f"{target.name}.partial")  # renamed once complete: never a half export
+        with partial.open("w", encoding="utf-8", newline="") as file:
+            count = await _write_export(rows, args.format, file)
+        partial.replace(target)
+    if err.isatty() or args.output is not None:
+        err.write(f"exported {count} changes\n")
+    return Exit.OK
+
+
+async def _write_export(rows: AsyncIterator[AuditedChange], kind: str, out: TextIO) -> int:
+    """Stream rows out as they are read: memory stays flat however many there are."""
+    count = 0
+    if kind == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(export.COLUMNS)
+        async for row in rows:
+            writer.writerow(export.as_csv(row))
+            count += 1
+        return count
+    out.write("[")
+    async for row in rows:
+        out.write(("," if count else "") + "\n  " + json.dumps(export.as_json(row)))
+        count += 1
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def _moment(field: str, value: str | None) -> datetime | None:
+    """An ISO 8601 date or time; without a zone it is UTC."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            field, f"{value!r} is not an ISO 8601 date or time (e.g. 2026-12-01 or 2026-12-01T08:00Z)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+async def _pause(
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
+) -> int:
+    reason = free_text("--reason", args.reason, max_length=hold.MAX_REASON, required=True)
+    actor = await actor_for(connections.credential, settings.exchange_scope)
+    standing, new = await hold.pause(connections.store, settings.tenant_id, actor, reason, utc_now())
+    out.write(f"{'paused' if new else 'already paused'}: {standing.describe()}\n")
+    return Exit.OK
+
+
+async def _resume(
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
+) -> int:
+    actor = await actor_for(connections.credential, settings.exchange_scope)
+    lifted = await hold.resume(connections.store, settings.tenant_id, actor, utc_now())
+    out.write(
+        "not paused: nothing to resume\n" if lifted is None else f"resumed: lifted the hold set by {lifted.held_by}\n"
+    )
+    return Exit.OK
 
 
 if __name__ == "__main__":

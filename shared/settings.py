@@ -30,6 +30,7 @@ DEFAULT_MAX_CHANGES_PER_RUN: Final = 500
 DEFAULT_EXCHANGE_CONCURRENCY: Final = 4
 DEFAULT_SWEEP_TIME_BUDGET_SECONDS: Final = 480
 DEFAULT_EXCEPTION_MAX_DAYS: Final = 180
+DEFAULT_SWEEP_LEASE_SECONDS: Final = 60
 # NCRONTAB with seconds, UTC. Read at import by the timer decorators (see `schedule`).
 DEFAULT_SCHEDULES: Final[Mapping[str, str]] = {
     "SWEEP_SCHEDULE": "0 */15 * * * *",
@@ -77,6 +78,7 @@ class Settings:
     exchange_concurrency: int
     sweep_time_budget_seconds: int
     exception_max_days: int
+    sweep_lease_seconds: int = 60  # SWEEP_LEASE_SECONDS: how long a dead run can hold the others off
 
     @property
     def exchange_scope(self) -> str:
@@ -181,6 +183,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         exchange_concurrency=_int(env, "EXCHANGE_CONCURRENCY", DEFAULT_EXCHANGE_CONCURRENCY, 1, 16),
         sweep_time_budget_seconds=_int(env, "SWEEP_TIME_BUDGET_SECONDS", DEFAULT_SWEEP_TIME_BUDGET_SECONDS, 1, 86_400),
         exception_max_days=_int(env, "EXCEPTION_MAX_DAYS", DEFAULT_EXCEPTION_MAX_DAYS, 1, 3650),
+        sweep_lease_seconds=_int(env, "SWEEP_LEASE_SECONDS", DEFAULT_SWEEP_LEASE_SECONDS, 15, 600),
     )
 
 

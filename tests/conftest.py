@@ -128,6 +128,31 @@ def cli(app_env: dict[str, str]):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def cli_process(app_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Start `python -m shared.cli ...` as a real process and return it running (to be killed)."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, **extra_env: str) -> subprocess.Popen[str]:
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(_SESSION_DIR), **app_env, **extra_env}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+@pytest.fixture
 async def store(app_env: dict[str, str]) -> AsyncIterator[object]:
     """The app's own Store on this test's Azurite account (read back what runs wrote)."""
     from shared.bootstrap import open_store

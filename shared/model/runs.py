@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from shared.model.actor import Actor
 from shared.model.clock import utc_now
+from shared.model.hold import Hold
 from shared.model.mailbox import Change, ChangeReason
 
 
@@ -24,6 +25,7 @@ class RunOutcome(StrEnum):
     OVER_CAP = "over-cap"
     PARTIAL = "partial"  # some changes failed or the time budget ran out
     REFUSED = "refused"  # a safety rule stopped the run before any change
+    PAUSED = "paused"  # an enforce run under the enforcement hold: planned and recorded, nothing applied
     FAILED = "failed"
 
 
@@ -68,6 +70,22 @@ class AuditEntry:
     actor: Actor
     at: datetime
     plan_id: str | None = None
+    recovered: bool = False  # written by a later run, which found the change landed after its run died
+
+
+@dataclass(frozen=True, slots=True)
+class AuditedChange:
+    """One change row as an export gives it."""
+
+    run_id: str
+    at: datetime
+    mailbox: str
+    mailbox_guid: str
+    before: bool | None
+    after: bool | None
+    reason: str
+    actor: str
+    recovered: bool
 
 
 @dataclass(slots=True)
@@ -91,6 +109,7 @@ class RunSummary:
     by_reason: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)  # the plan, for display; stored in the plan table
+    hold: Hold | None = None  # the enforcement hold the run found, if any
 
     @property
     def ok(self) -> bool:

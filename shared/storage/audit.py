@@ -6,19 +6,30 @@ Rows are only ever inserted (`create` fails on an existing row), so the trail is
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import suppress
+from datetime import datetime
 from typing import Any
 
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from shared.model.actor import Actor
 from shared.model.clock import utc_now
-from shared.model.runs import AuditEntry, RunSummary, tri_state
+from shared.model.hold import Hold
+from shared.model.runs import AuditedChange, AuditEntry, RunSummary, from_tri_state, tri_state
+from shared.storage.hints import MAX_REMEMBERED
 from shared.storage.tables import (
+    AUDIT_INDEX_TABLE,
     AUDIT_TABLE,
+    CHANGE_ROW_RANGE,
+    HOLD_EVENT_ROW,
     NO_ECHO,
     PROPERTY_CHARS,
     SUMMARY_ROW,
     TRANSACTION_LIMIT,
     TableClients,
     audit_change_row,
+    day_partition,
     storage_errors,
     submit,
 )
@@ -29,22 +40,114 @@ _SUMMARY_ERRORS = 50  # the first errors of a run are kept in its summary; the r
 class AuditRepository:
     def __init__(self, tables: TableClients) -> None:
         self._tables = tables
+        self._indexed: set[str] = set()  # `{day}/{run}` index rows this worker wrote or found
 
     async def append(self, entries: Sequence[AuditEntry]) -> None:
-        """Append change rows, each run's in transactions of its own partition."""
+        """Append change rows, each run's in transactions of its own partition, and index their days."""
         table = self._tables[AUDIT_TABLE]
         by_run: dict[str, list[AuditEntry]] = {}
         for entry in entries:
             by_run.setdefault(entry.run_id, []).append(entry)
         async with storage_errors("write the audit trail"):
-            for run_entries in by_run.values():
+            for run_id, run_entries in by_run.items():
+                await self._index_days(run_id, {day_partition(e.at) for e in run_entries})
                 for start in range(0, len(run_entries), TRANSACTION_LIMIT):
                     chunk = run_entries[start : start + TRANSACTION_LIMIT]
                     await submit(table, [("create", _change_entity(e)) for e in chunk])
 
+    async def _index_days(self, run_id: str, days: set[str]) -> None:
+        """An insert-only row per day and run, before the rows it points to: an export never misses one."""
+        for day in sorted(days):
+            key = f"{day}/{run_id}"
+            if key in self._indexed:
+                continue
+            with suppress(ResourceExistsError):
+                await self._tables[AUDIT_INDEX_TABLE].create_entity({"PartitionKey": day, "RowKey": run_id}, **NO_ECHO)
+            if len(self._indexed) >= MAX_REMEMBERED:
+                self._indexed.clear()
+            self._indexed.add(key)
+
+    async def changed_mailboxes(self, run_id: str) -> set[str]:
+        """The GUIDs of the mailboxes that have a change row in the run."""
+        first, after = CHANGE_ROW_RANGE
+        async with storage_errors("read the run's audit rows"):
+            return {
+                e["RowKey"][len(first) :]
+                async for e in self._tables[AUDIT_TABLE].query_entities(
+                    "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
+                    parameters={"pk": run_id, "first": first, "after": after},
+                    select=["RowKey"],
+                )
+            }
+
+    async def export(
+        self,
+        *,
+        run_id: str | None = None,
+        address: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AsyncIterator[AuditedChange]:
+        """Change rows, run by run and streamed. Runs are found through the day index, never a table scan."""
+        first, after = CHANGE_ROW_RANGE
+        odata = "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after"
+        parameters: dict[str, Any] = {"first": first, "after": after}
+        if address is not None:
+            odata, parameters["address"] = f"{odata} and MailboxAddress eq @address", address
+        if since is not None:
+            odata, parameters["since"] = f"{odata} and At ge @since", since
+        if until is not None:
+            odata, parameters["until"] = f"{odata} and At lt @until", until
+        runs = [run_id] if run_id is not None else await self._indexed_runs(since, until)
+        async with storage_errors("read the audit trail"):
+            for run in runs:
+                async for e in self._tables[AUDIT_TABLE].query_entities(odata, parameters={**parameters, "pk": run}):
+                    yield _audited(e)
+
+    async def _indexed_runs(self, since: datetime | None, until: datetime | None) -> list[str]:
+        """The runs of the days in [since, until], from the index (one small partition a day)."""
+        odata, parameters = "PartitionKey ge @first and PartitionKey lt @after", {"first": "day-", "after": "day."}
+        if since is not None:
+            parameters["first"] = day_partition(since)
+        if until is not None:
+            parameters["after"] = f"{day_partition(until)}."  # through the whole of that day
+        async with storage_errors("read the audit index"):
+            rows = self._tables[AUDIT_INDEX_TABLE].query_entities(odata, parameters=parameters, select=["RowKey"])
+            return sorted({e["RowKey"] async for e in rows})
+
+    async def index_existing(self) -> int:
+        """Index the change rows written before the index existed (an upgrade to schema 2): one scan, once."""
+        days: dict[str, set[str]] = {}
+        first, after = CHANGE_ROW_RANGE
+        async with storage_errors("index the audit trail"):
+            async for e in self._tables[AUDIT_TABLE].query_entities(
+                "RowKey ge @first and RowKey lt @after",
+                parameters={"first": first, "after": after},
+                select=["PartitionKey", "At"],
+            ):
+                days.setdefault(e["PartitionKey"], set()).add(day_partition(e["At"]))
+            for run_id, run_days in days.items():
+                await self._index_days(run_id, run_days)
+        return len(days)
+
+    async def has_summary(self, run_id: str) -> bool:
+        async with storage_errors("read the run summary"):
+            try:
+                await self._tables[AUDIT_TABLE].get_entity(run_id, SUMMARY_ROW, select=["RowKey"])
+            except ResourceNotFoundError:
+                return False
+        return True
+
     async def write_summary(self, summary: RunSummary) -> None:
         async with storage_errors("write the run summary"):
             await self._tables[AUDIT_TABLE].create_entity(_summary_entity(summary), **NO_ECHO)
+
+    async def record_hold(self, event_id: str, action: str, hold: Hold, actor: Actor, at: datetime) -> None:
+        """Audit a pause or a resume: partition `{action}-...` (`event_id`), one `hold` row, insert-only."""
+        entity = {"PartitionKey": event_id, "RowKey": HOLD_EVENT_ROW, "Action": action, "HeldBy": hold.held_by}
+        entity |= {"Reason": hold.reason, "HeldAt": hold.held_at, "Actor": actor.object_id, "ActorAppId": actor.app_id}
+        async with storage_errors(f"audit the {action}"):
+            await self._tables[AUDIT_TABLE].create_entity({**entity, "At": at}, **NO_ECHO)
 
     async def of_run(self, run_id: str) -> list[dict[str, Any]]:
         """A run's rows as stored: its changes and its summary."""
@@ -71,6 +174,7 @@ def _change_entity(entry: AuditEntry) -> dict[str, Any]:
         "ActorAppId": entry.actor.app_id,
         "PlanId": entry.plan_id or "",
         "At": entry.at,
+        **({"Recovered": True} if entry.recovered else {}),
     }
 
 
@@ -96,4 +200,26 @@ def _summary_entity(summary: RunSummary) -> dict[str, Any]:
         "Counts": json.dumps(summary.by_reason),
         "Message": summary.message[:PROPERTY_CHARS],
         "Errors": json.dumps(summary.errors[:_SUMMARY_ERRORS])[:PROPERTY_CHARS],
+        **_hold_properties(summary.hold),
     }
+
+
+def _hold_properties(hold: Hold | None) -> dict[str, Any]:
+    """The enforcement hold a run found: who, since when and why (absent when there was none)."""
+    if hold is None:
+        return {}
+    return {"HeldBy": hold.held_by, "HoldReason": hold.reason[:PROPERTY_CHARS], "HeldAt": hold.held_at}
+
+
+def _audited(entity: Any) -> AuditedChange:
+    return AuditedChange(
+        run_id=entity["PartitionKey"],
+        at=entity["At"],
+        mailbox=entity.get("MailboxAddress", ""),
+        mailbox_guid=entity.get("MailboxGuid", ""),
+        before=from_tri_state(entity.get("Before", "null")),
+        after=from_tri_state(entity.get("After", "null")),
+        reason=entity.get("Reason", ""),
+        actor=entity.get("Actor", ""),
+        recovered=bool(entity.get("Recovered", False)),
+    )

@@ -11,10 +11,12 @@ import asyncio
 import base64
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -23,8 +25,10 @@ from azure.data.tables.aio import TableClient
 
 from shared.errors import NotInstalledError, RefusedError, StoreError, WrongTenantError, first_line
 from shared.model.clock import utc_now
+from shared.model.hold import Hold
 from shared.storage.tables import (
     CSRF_SECRET_ROW,
+    HOLD_ROW,
     INSTALL_PARTITION,
     LEASE_ROW,
     MARKER_ROW,
@@ -50,6 +54,14 @@ class InstallMarker:
     schema_version: int
 
 
+class InstallStep(StrEnum):
+    """What `init` did."""
+
+    CREATED = "initialised"
+    UPGRADED = "upgraded"
+    CURRENT = "already initialised"
+
+
 @dataclass(frozen=True, slots=True)
 class SweepState:
     """Where incremental sweeps resume, for one enforcement mode."""
@@ -67,18 +79,34 @@ class StateRepository:
     def _table(self) -> TableClient:
         return self._tables[STATE_TABLE]
 
-    async def initialise(self, tenant_id: str, installed_by: str) -> tuple[InstallMarker, bool]:
-        """Create the tables and the marker. Idempotent; refuses a store that belongs to another tenant.
+    async def initialise(self, tenant_id: str, installed_by: str) -> tuple[InstallMarker, InstallStep]:
+        """Create the tables and the marker, or bring an older install up to SCHEMA_VERSION.
 
-        Returns the marker and whether this call created it.
+        Idempotent; refuses a store that belongs to another tenant, or one a newer version upgraded.
         """
         async with storage_errors("create the tables"):
             for name in TABLES:
                 await self._tables.service.create_table_if_not_exists(name)
         try:
-            return await self.require_marker(tenant_id), False
+            marker = await self.require_marker(tenant_id)
         except NotInstalledError:
-            pass
+            return await self._install(tenant_id, installed_by)
+        if marker.schema_version > SCHEMA_VERSION:
+            raise RefusedError(_newer(marker))
+        if marker.schema_version == SCHEMA_VERSION:
+            return marker, InstallStep.CURRENT
+        changes = {"SchemaVersion": SCHEMA_VERSION, "UpgradedAt": utc_now(), "UpgradedBy": installed_by}
+        async with storage_errors("upgrade the install marker"):
+            entity = await self._table.get_entity(INSTALL_PARTITION, MARKER_ROW)
+            with suppress(ResourceModifiedError):  # another init upgraded it meanwhile: the same outcome
+                await self._table.update_entity(
+                    {"PartitionKey": INSTALL_PARTITION, "RowKey": MARKER_ROW, **changes},
+                    mode=UpdateMode.MERGE,
+                    **unchanged_since(entity.metadata["etag"]),
+                )
+        return replace(marker, schema_version=SCHEMA_VERSION), InstallStep.UPGRADED
+
+    async def _install(self, tenant_id: str, installed_by: str) -> tuple[InstallMarker, InstallStep]:
         marker = InstallMarker(tenant_id, utc_now(), installed_by, SCHEMA_VERSION)
         entity = {
             "PartitionKey": INSTALL_PARTITION,
@@ -92,8 +120,20 @@ class StateRepository:
             try:
                 await self._table.create_entity(entity, **NO_ECHO)
             except ResourceExistsError:  # another init won the race; check it is ours
-                return await self.require_marker(tenant_id), False
-        return marker, True
+                return await self.require_marker(tenant_id), InstallStep.CURRENT
+        return marker, InstallStep.CREATED
+
+    async def require_current(self, tenant_id: str) -> InstallMarker:
+        """The install marker of a store at this code's SCHEMA_VERSION; RefusedError names the fix."""
+        marker = await self.require_marker(tenant_id)
+        if marker.schema_version < SCHEMA_VERSION:
+            raise RefusedError(
+                f"this store is at schema version {marker.schema_version} and this version of SMTP AUTH Guard "
+                f"needs {SCHEMA_VERSION}: run `python -m shared.cli init` to upgrade it (it keeps every row)"
+            )
+        if marker.schema_version > SCHEMA_VERSION:
+            raise RefusedError(_newer(marker))
+        return marker
 
     async def require_marker(self, tenant_id: str) -> InstallMarker:
         """The install marker, or NotInstalledError / WrongTenantError. Called before any sweep."""
@@ -157,44 +197,134 @@ class StateRepository:
             await self._table.upsert_entity(entity, mode=UpdateMode.MERGE)
 
     @asynccontextmanager
-    async def lease(self, holder: str, duration: timedelta, now: Callable[[], datetime]) -> AsyncIterator[None]:
+    async def lease(self, holder: str, duration: timedelta, now: Callable[[], datetime]) -> AsyncIterator[Lease]:
         """Hold the tenant's sweep lease, or raise RefusedError naming the run that holds it.
 
-        An ETag-guarded row with an expiry: a crashed run blocks others only until it expires. A live
-        run renews it every third of `duration`, however long its listing takes.
+        An ETag-guarded row with an expiry, renewed on a heartbeat every quarter of `duration`, as
+        leader election does: a dead run's lease lapses within `duration`, and the next run takes over.
+        The yielded Lease says whether it is still surely held; a run stops applying when it is not.
         """
         table = self._table
+        lease = Lease(duration)
         async with storage_errors("take the sweep lease"):
             etag = await _take_lease(table, holder, now() + duration, now())
         done = asyncio.Event()
 
-        async def renew() -> None:
+        async def heartbeat() -> None:
             nonlocal etag
             while not done.is_set():
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), duration.total_seconds() / 3)
+                    await asyncio.wait_for(done.wait(), duration.total_seconds() / 4)
                     return
+                sent = time.monotonic()
                 try:
                     metadata = await table.update_entity(
                         _lease_entity(holder, now() + duration), mode=UpdateMode.REPLACE, **unchanged_since(etag)
                     )
                 except (ResourceModifiedError, ResourceNotFoundError):
                     logger.error("SMTP AUTH Guard: run %s lost the sweep lease to another run", holder)
+                    lease.lost = True
                     return
-                except AzureError as err:  # try again at the next tick, before the lease runs out
+                except AzureError as err:  # try again at the next beat, while the lease still holds
                     logger.warning("SMTP AUTH Guard: run %s could not renew its lease: %s", holder, first_line(err))
                     continue
                 etag = str(metadata["etag"])
+                lease.renewed(sent)
 
-        renewal = asyncio.create_task(renew())
+        beating = asyncio.create_task(heartbeat())
         try:
-            yield
+            yield lease
         finally:
             done.set()
-            await renewal
+            await beating
             async with storage_errors("release the sweep lease"):
                 with suppress(ResourceNotFoundError, ResourceModifiedError):  # expired and taken over
                     await table.delete_entity(SWEEP_PARTITION, LEASE_ROW, **unchanged_since(etag))
+
+    async def readiness(self, tenant_id: str) -> bool:
+        """For health: the marker is this tenant's (or the marker's errors), and whether a hold stands.
+
+        One request for both, so that a probe costs one storage read.
+        """
+        rows: dict[str, Any] = {}
+        try:
+            async for entity in self._table.query_entities(
+                # The SDK substitutes parameters between spaces only: no parenthesis may touch one.
+                "( PartitionKey eq @install and RowKey eq @marker ) or ( PartitionKey eq @sweep and RowKey eq @hold )",
+                parameters={
+                    "install": INSTALL_PARTITION,
+                    "marker": MARKER_ROW,
+                    "sweep": SWEEP_PARTITION,
+                    "hold": HOLD_ROW,
+                },
+            ):
+                rows[entity["RowKey"]] = entity
+        except ResourceNotFoundError:
+            rows = {}
+        except AzureError as err:
+            raise StoreError(f"table storage could not be read (install marker): {first_line(err)}") from None
+        marker = rows.get(MARKER_ROW)
+        if marker is None:
+            raise NotInstalledError("this storage account has no SMTP AUTH Guard install marker")
+        if marker.get("TenantId") != tenant_id:
+            raise WrongTenantError("the install marker names another tenant")
+        return HOLD_ROW in rows
+
+    async def hold(self) -> Hold | None:
+        """The enforcement hold, or None. Fails closed like every read: an error is not "no hold"."""
+        async with storage_errors("read the enforcement hold"):
+            try:
+                entity = await self._table.get_entity(SWEEP_PARTITION, HOLD_ROW)
+            except ResourceNotFoundError:
+                return None
+        return Hold(held_by=entity["HeldBy"], reason=entity["Reason"], held_at=entity["HeldAt"])
+
+    async def set_hold(self, hold: Hold) -> tuple[Hold, bool]:
+        """Set the hold by an insert; when one stands already, that one stays. Returns it and whether it is new."""
+        entity = {"PartitionKey": SWEEP_PARTITION, "RowKey": HOLD_ROW, "HeldBy": hold.held_by}
+        entity |= {"Reason": hold.reason, "HeldAt": hold.held_at}
+        async with storage_errors("set the enforcement hold"):
+            try:
+                await self._table.create_entity(entity, **NO_ECHO)
+            except ResourceExistsError:
+                standing = await self.hold()
+                if standing is not None:
+                    return standing, False
+                await self._table.create_entity(entity, **NO_ECHO)  # lifted meanwhile: set it now
+        return hold, True
+
+    async def lift_hold(self) -> Hold | None:
+        """Lift the hold; returns the one lifted, or None when there was none."""
+        standing = await self.hold()
+        if standing is not None:
+            async with storage_errors("lift the enforcement hold"):
+                with suppress(ResourceNotFoundError):  # lifted by another resume meanwhile
+                    await self._table.delete_entity(SWEEP_PARTITION, HOLD_ROW)
+        return standing
+
+
+class Lease:
+    """A sweep lease this run holds, as far as it knows: renewed in time, and not taken over."""
+
+    def __init__(self, duration: timedelta) -> None:
+        self._seconds = duration.total_seconds()
+        self._valid_until = time.monotonic() + self._seconds
+        self.lost = False
+
+    def renewed(self, sent: float) -> None:
+        self._valid_until = sent + self._seconds  # from when the renewal was sent: the safe side
+
+    @property
+    def held(self) -> bool:
+        """False once another run may take it over: lost, or a beat short of lapsing unrenewed."""
+        return not self.lost and time.monotonic() < self._valid_until - self._seconds / 4
+
+
+def _newer(marker: InstallMarker) -> str:
+    return (
+        f"this store is at schema version {marker.schema_version}, newer than this version of SMTP AUTH Guard "
+        f"knows ({SCHEMA_VERSION}): deploy the version that upgraded it"
+    )
 
 
 def _lease_entity(holder: str, expires: datetime) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from azure.data.tables.aio import TableServiceClient
 
 from shared.storage.audit import AuditRepository
 from shared.storage.exceptions import ExceptionRepository
+from shared.storage.intents import IntentRepository
 from shared.storage.outbox import OutboxRepository
 from shared.storage.plans import PlanRepository
 from shared.storage.requests import RequestRepository
@@ -30,6 +31,7 @@ class Store:
         self.exceptions = ExceptionRepository(tables)
         self.plans = PlanRepository(tables)
         self.audit = AuditRepository(tables)
+        self.intents = IntentRepository(tables)
         self.outbox = OutboxRepository(tables)
         self.requests = RequestRepository(tables, self.outbox)
 

@@ -27,9 +27,23 @@ AUDIT_TABLE: Final = "SmtpGuardAudit"
 # notification it owes are written in one transaction. The one exception is the approval notice
 # written at submission, which is filed under its requester (see approval_notice_key).
 WORKFLOW_TABLE: Final = "SmtpGuardRequests"
-TABLES: Final = (STATE_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, AUDIT_TABLE, WORKFLOW_TABLE)
+# Schema 2: what a run is about to change, written before it sends it, so a crash loses no audit row.
+INTENTS_TABLE: Final = "SmtpGuardIntents"
+# Schema 2: insert-only index rows, so a day's or a mailbox's changes are read without a table scan.
+AUDIT_INDEX_TABLE: Final = "SmtpGuardAuditIndex"
+TABLES: Final = (
+    STATE_TABLE,
+    EXCEPTIONS_TABLE,
+    PLANS_TABLE,
+    AUDIT_TABLE,
+    WORKFLOW_TABLE,
+    INTENTS_TABLE,
+    AUDIT_INDEX_TABLE,
+)
 
-SCHEMA_VERSION: Final = 1
+# The layout this code reads and writes. `init` upgrades an older store (creates the new tables and
+# records the version in the install marker); a sweep refuses a store at another version.
+SCHEMA_VERSION: Final = 2
 TRANSACTION_LIMIT: Final = 100  # entities per table transaction
 PLAN_CHUNK_CHARS: Final = 30_000  # a string property holds at most 32K characters
 PROPERTY_CHARS: Final = 30_000  # what a free-text property is cut to
@@ -44,6 +58,7 @@ MARKER_ROW: Final = "marker"
 CSRF_SECRET_ROW: Final = "csrf-secret"  # noqa: S105 - the row that holds the key, not a key
 SWEEP_PARTITION: Final = "sweep"
 LEASE_ROW: Final = "lease"
+HOLD_ROW: Final = "hold"  # in SWEEP_PARTITION: the enforcement hold, while it stands
 
 
 def watermark_row(mode: str) -> str:
@@ -66,10 +81,31 @@ def plan_chunk_row(index: int) -> str:
 # -- SmtpGuardAudit: partition = run id -------------------------------------------------------------
 
 SUMMARY_ROW: Final = "summary"
+HOLD_EVENT_ROW: Final = "hold"  # in a `pause-{id}` or `resume-{id}` partition: the hold set or lifted
+
+
+CHANGE_ROW_RANGE: Final = ("change-", "change.")  # every change row's key sorts inside this range
 
 
 def audit_change_row(mailbox_guid: str) -> str:
     return f"change-{mailbox_guid}"
+
+
+# -- SmtpGuardIntents: partition = run id, and one partition of the runs still open --------------------
+
+OPEN_RUNS_PARTITION: Final = "open"  # row = run id: a run that sent changes and has not settled its audit
+
+
+def intent_row(batch: int) -> str:
+    return f"batch-{batch:06d}"
+
+
+# -- SmtpGuardAuditIndex: insert-only rows that point into SmtpGuardAudit ----------------------------
+
+
+def day_partition(moment: datetime) -> str:
+    """The runs that changed something on this UTC day (row = run id)."""
+    return f"day-{utc_day(moment)}"
 
 
 # -- SmtpGuardRequests ------------------------------------------------------------------------------

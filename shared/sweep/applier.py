@@ -35,7 +35,7 @@ class ApplyResult:
     applied: list[Change] = field(default_factory=list)
     failed: list[tuple[Change, str]] = field(default_factory=list)
     not_started: list[Change] = field(default_factory=list)
-    stopped_by: str = ""  # "", "time budget", "failures" or "error"
+    stopped_by: str = ""  # "", "time budget", "failures", "error", or what `stop_when` said
     error: BaseException | None = None  # what stopped the run, e.g. the audit write failed
     unexpected: Exception | None = None  # a worker failed in a way nobody foresaw (see apply_changes)
 
@@ -48,14 +48,20 @@ async def apply_changes(
     deadline: float,
     on_applied: Callable[[list[Change]], Awaitable[None]],
     on_progress: Callable[[ApplyResult, int], None] | None = None,
+    stop_when: Callable[[], str] | None = None,
+    before_send: Callable[[int, list[Change]], Awaitable[None]] | None = None,
 ) -> ApplyResult:
     """Apply `changes`, recording applied ones through `on_applied` (the audit write).
 
-    No new batch starts after `deadline` (time.monotonic()); what is left is returned as not started,
-    and the next run plans it again. An exception from `on_applied` stops new batches, lets those in
-    flight finish and is returned in `error`; everything applied is in `applied` either way.
+    No new batch starts after `deadline` (time.monotonic()), or once `stop_when` names a reason (the
+    lease lost, the enforcement hold set); what is left is returned as not started, and the next run
+    plans it again. An exception from `on_applied` stops new batches, lets those in flight finish
+    and is returned in `error`; everything applied is in `applied` either way. `before_send` (the
+    intent write) runs before each batch is sent; when it fails, that batch is not sent and the run
+    stops the same way.
     """
-    run = _Application(exchange, changes, deadline, on_applied, on_progress)
+    run = _Application(exchange, changes, deadline, on_applied, on_progress, stop_when)
+    run.before_send = before_send
     return await run.execute(workers)
 
 
@@ -69,16 +75,19 @@ class _Application:
         deadline: float,
         on_applied: Callable[[list[Change]], Awaitable[None]],
         on_progress: Callable[[ApplyResult, int], None] | None,
+        stop_when: Callable[[], str] | None = None,
     ) -> None:
         self.exchange = exchange
+        self.stop_when = stop_when
         self.total = len(changes)
         self.deadline = deadline
         self.on_applied = on_applied
         self.on_progress = on_progress
         self.result = ApplyResult()
-        self.work: asyncio.Queue[list[Change]] = asyncio.Queue()
-        for i in range(0, len(changes), BATCH_LIMIT):
-            self.work.put_nowait(list(changes[i : i + BATCH_LIMIT]))
+        self.before_send: Callable[[int, list[Change]], Awaitable[None]] | None = None
+        self.work: asyncio.Queue[tuple[int, list[Change]]] = asyncio.Queue()
+        for number, i in enumerate(range(0, len(changes), BATCH_LIMIT)):
+            self.work.put_nowait((number, list(changes[i : i + BATCH_LIMIT])))
         self.batches = self.work.qsize()
         self.unrecorded: asyncio.Queue[list[Change] | None] = asyncio.Queue(maxsize=AUDIT_QUEUE_BATCHES)
 
@@ -97,13 +106,16 @@ class _Application:
                 await self.unrecorded.put(None)
             await writer
             while not self.work.empty():
-                self.result.not_started.extend(self.work.get_nowait())
+                self.result.not_started.extend(self.work.get_nowait()[1])
         return self.result
 
     def _stop_reason(self) -> str:
         result = self.result
         if result.error is not None or result.stopped_by == "error":
             return "error"
+        told = self.stop_when() if self.stop_when is not None else ""
+        if told:
+            return told
         if time.monotonic() >= self.deadline:
             return "time budget"
         if len(result.failed) >= FAILURE_LIMIT and len(result.failed) > len(result.applied):
@@ -116,7 +128,15 @@ class _Application:
             if reason:
                 self.result.stopped_by = self.result.stopped_by or reason
                 return
-            await self._apply(self.work.get_nowait())
+            number, batch = self.work.get_nowait()
+            if self.before_send is not None:
+                try:
+                    await self.before_send(number, batch)
+                except Exception as err:  # unrecorded intent: the batch must not be sent
+                    self.result.error = err
+                    self.result.not_started.extend(batch)
+                    return
+            await self._apply(batch)
             if self.on_progress is not None:
                 self.on_progress(self.result, self.total)
 

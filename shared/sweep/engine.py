@@ -6,10 +6,12 @@ the planner, the applier, the change cap, the fail-closed rules and the audit tr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -23,7 +25,8 @@ from shared.model.exception_records import ExceptionRecord
 from shared.model.mailbox import Change
 from shared.model.runs import AuditEntry, PlanStatus, RunOutcome, RunSummary, StoredPlan, new_run_id
 from shared.settings import EnforcementMode, Settings
-from shared.storage import SweepState
+from shared.storage import Lease, SweepState
+from shared.storage.intents import Intent, OpenRun
 from shared.sweep.applier import ApplyResult, apply_changes
 from shared.sweep.planner import (
     PlanSummary,
@@ -34,6 +37,7 @@ from shared.sweep.planner import (
     plan_changes,
     plan_mailbox,
 )
+from shared.sweep.recovery import settle_open_runs
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +45,7 @@ logger = logging.getLogger(__name__)
 WATERMARK_OVERLAP: Final = timedelta(minutes=10)
 # A reviewed plan may be confirmed for this long; after that the tenant has moved on.
 PLAN_CONFIRM_MAX_AGE: Final = timedelta(hours=24)
-# The lease outlives the time budget by this much, so a run that finishes its last batches keeps it.
-LEASE_MARGIN: Final = timedelta(minutes=5)
+HOLD_POLL: Final = 0.5  # seconds between two reads of the enforcement hold while changes are applied
 
 Progress = Callable[[str], None]
 
@@ -105,6 +108,8 @@ class _Sweep:
         self.progress = progress
         self.clock = clock
         self.deadline = time.monotonic() + settings.sweep_time_budget_seconds
+        self.lease: Lease | None = None
+        self._unreadable_hold = ""
 
     async def run(self, request: SweepRequest) -> RunSummary:
         started = self.clock()
@@ -116,9 +121,11 @@ class _Sweep:
             started_at=started,
         )
         try:
-            await self.store.state.require_marker(self.settings.tenant_id)
-            lease = timedelta(seconds=self.settings.sweep_time_budget_seconds) + LEASE_MARGIN
-            async with self.store.state.lease(summary.run_id, lease, self.clock):
+            await self.store.state.require_current(self.settings.tenant_id)
+            # Renewed on a heartbeat: a dead run holds the next one off for SWEEP_LEASE_SECONDS at most.
+            ttl = timedelta(seconds=self.settings.sweep_lease_seconds)
+            async with self.store.state.lease(summary.run_id, ttl, self.clock) as lease:
+                self.lease = lease
                 await self._run_locked(request, summary)
         except RefusedError as err:
             summary.outcome, summary.message = RunOutcome.REFUSED, str(err)
@@ -133,10 +140,19 @@ class _Sweep:
     async def _run_locked(self, request: SweepRequest, summary: RunSummary) -> None:
         """Read desired and actual state, plan, then record or apply; the watermark is written once, at the end."""
         summary.actor = await actor_for(self.credential, self.settings.exchange_scope)
+        # A run that died left changes without audit rows, perhaps: record them before anything else.
+        await settle_open_runs(
+            self.store, self.exchange, self.settings.tenant_id, summary.run_id, self.clock(), self.progress
+        )
         now = self.clock()
         # Fail closed: an unreadable exception table raises here and the run changes nothing.
         exceptions = effective_exceptions(await self.store.exceptions.all(), now)
         state = await self.store.state.sweep_state(self.mode.value)
+        summary.hold = await self.store.state.hold()
+        if summary.hold is not None:
+            self.progress(summary.hold.describe())
+            if request.confirm_plan is not None:
+                raise RefusedError(f"{summary.hold.describe()}; run `python -m shared.cli resume` to confirm a plan")
         if not summary.full and (state.full_pending or state.watermark is None):
             summary.full = True
             self.progress("no finished sweep to resume from: running a full reconcile")
@@ -180,11 +196,12 @@ class _Sweep:
             await self._apply_all(summary, changes, listing_seconds)
             # Only the reviewed changes were applied: what this listing found beyond them is not done.
             resume = _Resume.WITH_A_FULL_RUN
-        elif self.mode is EnforcementMode.REPORT:
+        elif self.mode is EnforcementMode.REPORT or summary.hold is not None:
             await self._store_plan(summary, summary.changes, PlanStatus.REPORTED)
-            summary.outcome = RunOutcome.REPORTED
-            summary.message = f"report mode: {summary.planned} changes planned, none applied (plan {summary.plan_id})"
-            resume = _Resume.FROM_THIS_LISTING
+            summary.outcome = RunOutcome.REPORTED if self.mode is EnforcementMode.REPORT else RunOutcome.PAUSED
+            why = "report mode" if summary.hold is None else summary.hold.describe()
+            summary.message = f"{why}: {summary.planned} changes planned, none applied (plan {summary.plan_id})"
+            resume = _Resume.FROM_THIS_LISTING if summary.hold is None else _Resume.AS_BEFORE
         elif summary.planned > self.settings.max_changes_per_run:
             await self._store_plan(summary, summary.changes, PlanStatus.OVER_CAP)
             summary.outcome = RunOutcome.OVER_CAP
@@ -308,19 +325,60 @@ class _Sweep:
                 [AuditEntry(summary.run_id, change, actor, at, summary.plan_id) for change in done]
             )
 
+        async def intend(number: int, batch: list[Change]) -> None:
+            await self.store.intents.record(summary.run_id, Intent(number, self.clock(), batch))
+
         def report(result: ApplyResult, total: int) -> None:
             self.progress(f"applied {len(result.applied)} of {total}, {len(result.failed)} failed")
 
-        if changes:
-            self.progress(f"applying {len(changes)} changes")
-        return await apply_changes(
-            self.exchange,
-            changes,
-            workers=self.settings.exchange_concurrency,
-            deadline=self.deadline,
-            on_applied=audit,
-            on_progress=report,
-        )
+        if not changes:
+            return ApplyResult()
+        self.progress(f"applying {len(changes)} changes")
+        opened = OpenRun(summary.run_id, actor, summary.plan_id or "", self.clock(), self.mode.value, summary.full)
+        await self.store.intents.open_run(opened)
+        async with self._watching_the_hold(summary) as stop_when:
+            result = await apply_changes(
+                self.exchange,
+                changes,
+                workers=self.settings.exchange_concurrency,
+                deadline=self.deadline,
+                on_applied=audit,
+                on_progress=report,
+                stop_when=stop_when,
+                before_send=intend,
+            )
+        if result.error is None:  # every change that landed has its row: nothing is left to settle
+            await self.store.intents.close_run(summary.run_id)
+        return result
+
+    @asynccontextmanager
+    async def _watching_the_hold(self, summary: RunSummary) -> AsyncIterator[Callable[[], str]]:
+        """While changes are applied: read the hold every HOLD_POLL s; say when to stop before a batch."""
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not done.is_set():
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), HOLD_POLL)
+                    return
+                try:
+                    summary.hold = summary.hold or await self.store.state.hold()
+                except StoreError as err:  # an unreadable hold stops the apply, as a set one would
+                    self._unreadable_hold = str(err)
+
+        def stop_when() -> str:
+            if self.lease is not None and not self.lease.held:
+                return "the sweep lease could not be renewed"
+            if summary.hold is not None:
+                return f"the enforcement hold ({summary.hold.describe()})"
+            return f"an unreadable enforcement hold ({self._unreadable_hold})" if self._unreadable_hold else ""
+
+        watcher = asyncio.create_task(watch())
+        try:
+            yield stop_when
+        finally:
+            done.set()
+            await watcher
 
     async def _save_state(self, summary: RunSummary, state: SweepState) -> None:
         await self.store.state.save_sweep_state(self.mode.value, state, summary.run_id)
@@ -347,6 +405,9 @@ async def run_scheduled(full: bool) -> RunSummary:
         f"{summary.outcome.value}; scanned {summary.scanned}, planned {summary.planned}, "
         f"applied {summary.applied}, failed {summary.failed}. {summary.message}"
     )
+    if summary.outcome is RunOutcome.PAUSED:  # an admin's brake, not a failure: say so and do not alert
+        logger.warning(line)
+        return summary
     if not summary.ok:
         logger.error(line)
         raise RuntimeError(line)

@@ -249,19 +249,22 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
     async with c.health_lock:  # concurrent probes wait for the one check in flight
         if c.health is None or time.monotonic() - c.health[0] >= HEALTH_CACHE_SECONDS:
             c.health = (time.monotonic(), await _storage_check(c))
-        storage = c.health[1]
+        storage, held = c.health[1]
     checks = {"settings": "ok", "storage": storage}
     healthy = storage == "ok"
-    return json_response({"status": "ok" if healthy else "unhealthy", "checks": checks}, 200 if healthy else 503)
+    answer: dict[str, Any] = {"status": "ok" if healthy else "unhealthy", "checks": checks}
+    if held is not None:  # that a hold stands, never who set it or why: the probe is anonymous
+        answer["enforcement_hold"] = held
+    return json_response(answer, 200 if healthy else 503)
 
 
-async def _storage_check(c: Clients) -> str:
+async def _storage_check(c: Clients) -> tuple[str, bool | None]:
     try:
-        await c.store.state.require_marker(c.settings.tenant_id)
+        held = await c.store.state.readiness(c.settings.tenant_id)
     except NotInstalledError:
-        return "not initialised: run `python -m shared.cli init`"
+        return "not initialised: run `python -m shared.cli init`", None
     except WrongTenantError:
-        return "the install marker names another tenant"
+        return "the install marker names another tenant", None
     except StoreError:
-        return "unreachable"
-    return "ok"
+        return "unreachable", None
+    return "ok", held

@@ -40,6 +40,8 @@ def test_init_is_idempotent(cli, storage: str, emulator: EmulatorServer) -> None
         "SmtpGuardPlans": 0,
         "SmtpGuardAudit": 0,
         "SmtpGuardRequests": 0,
+        "SmtpGuardIntents": 0,
+        "SmtpGuardAuditIndex": 0,
     }
 
 

@@ -27,9 +27,18 @@ from shared.model.mailbox import Change, ChangeReason
 from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
 from shared.model.requests import ExceptionRequest, RequestStatus
 from shared.model.runs import AuditEntry, PlanStatus
-from shared.storage import TABLES, InstallMarker, Store, SweepState
+from shared.storage import TABLES, InstallMarker, InstallStep, Store, SweepState
 from shared.storage.entities import from_entity, to_entity
-from shared.storage.tables import AUDIT_TABLE, EXCEPTIONS_TABLE, PLANS_TABLE, STATE_TABLE, WORKFLOW_TABLE
+from shared.storage.tables import (
+    AUDIT_INDEX_TABLE,
+    AUDIT_TABLE,
+    EXCEPTIONS_TABLE,
+    INTENTS_TABLE,
+    PLANS_TABLE,
+    SCHEMA_VERSION,
+    STATE_TABLE,
+    WORKFLOW_TABLE,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "entities.json"
 
@@ -87,18 +96,21 @@ class Loaded:
 
 @pytest.fixture
 async def contracts(storage: str) -> Loaded:
-    """Every fixture entity inserted into this test's (empty) account, in the five tables of an install."""
+    """Every fixture entity inserted into this test's (empty) account, as a schema 1 install holds them.
+
+    The fixture fills the five tables of schema 1; the tables later schemas add are created empty.
+    """
     now = datetime.now(UTC).replace(microsecond=0)
     document = json.loads(FIXTURE.read_text(encoding="utf-8"))
     assert isinstance(document.pop("_about"), str)
-    assert set(document) == set(TABLES)
+    assert set(document) == set(TABLES) - {INTENTS_TABLE, AUDIT_INDEX_TABLE}
     tables: dict[str, dict[Key, dict[str, Any]]] = {}
     async with TableServiceClient.from_connection_string(storage) as service:
         for name in TABLES:
             await service.create_table(name)
             table = service.get_table_client(name)
             tables[name] = {}
-            for raw_entity in document[name]:
+            for raw_entity in document.get(name, []):
                 entity = {key: decode(value, now) for key, value in raw_entity.items()}
                 await table.create_entity(entity)
                 tables[name][entity["PartitionKey"], entity["RowKey"]] = entity
@@ -129,7 +141,17 @@ async def test_the_marker_csrf_key_and_watermarks_are_read_as_stored(
     marker_row = contracts.row(STATE_TABLE, "install", "marker")
     marker = await store.state.require_marker(TENANT)
     assert marker == InstallMarker(TENANT, marker_row["InstalledAt"], marker_row["InstalledBy"], 1)
-    assert await store.state.initialise(TENANT, "someone-else") == (marker, False)  # an install is never redone
+    # Today's installs are at schema 1: a sweep refuses them until `init` upgrades the marker in place.
+    with pytest.raises(RefusedError, match=r"schema version 1 .* run `python -m shared.cli init`"):
+        await store.state.require_current(TENANT)
+    upgraded = replace(marker, schema_version=SCHEMA_VERSION)
+    assert await store.state.initialise(TENANT, "someone-else") == (upgraded, InstallStep.UPGRADED)
+    assert await store.state.initialise(TENANT, "someone-else") == (upgraded, InstallStep.CURRENT)
+    assert await store.state.require_current(TENANT) == upgraded
+    row = await stored(storage, STATE_TABLE, "install", "marker")
+    assert row is not None and (row["SchemaVersion"], row["UpgradedBy"]) == (SCHEMA_VERSION, "someone-else")
+    untouched = {k: v for k, v in row.items() if k not in ("SchemaVersion", "UpgradedAt", "UpgradedBy")}
+    assert untouched == {k: v for k, v in marker_row.items() if k != "SchemaVersion"}  # only its version moves
     with pytest.raises(WrongTenantError):
         await store.state.require_marker("another-tenant")
 
@@ -141,8 +163,8 @@ async def test_the_marker_csrf_key_and_watermarks_are_read_as_stored(
         watermark = contracts.row(STATE_TABLE, "sweep", f"watermark-{mode}")["Watermark"]
         assert await store.state.sweep_state(mode) == SweepState(watermark=watermark, full_pending=False)
 
-    for row in ("marker", "csrf-secret", "watermark-report", "watermark-enforce"):
-        partition = "install" if row in ("marker", "csrf-secret") else "sweep"
+    for row in ("csrf-secret", "watermark-report", "watermark-enforce"):
+        partition = "install" if row == "csrf-secret" else "sweep"
         assert await stored(storage, STATE_TABLE, partition, row) == contracts.row(STATE_TABLE, partition, row)
 
 

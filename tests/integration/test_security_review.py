@@ -405,7 +405,10 @@ async def test_a_burst_of_health_probes_costs_one_storage_read_and_one_credentia
     reads = [r for r in counted_storage if r.startswith("GET")]
     assert len(reads) == 1, counted_storage
     assert len(built) == 1
-    assert all(a.json() == {"status": "ok", "checks": {"settings": "ok", "storage": "ok"}} for a in answers)
+    assert all(
+        a.json() == {"status": "ok", "checks": {"settings": "ok", "storage": "ok"}, "enforcement_hold": False}
+        for a in answers
+    )
 
 
 # -- 7. squatting ----------------------------------------------------------------------------------------
