@@ -29,8 +29,9 @@ from shared.settings import EnforcementMode, Settings, SettingsError, load_setti
 from shared.storage import TABLES, InstallStep
 from shared.sweep import hold
 from shared.sweep.engine import SweepRequest, run_sweep
-from shared.workflow.grants import active_mailboxes, grant_exception, revoke_and_switch_off, validate_grant
-from shared.workflow.validation import free_text, mailbox_address
+from shared.sweep.undo import Grant, UndoRequest, run_undo
+from shared.workflow.grants import MAX_REASON, active_mailboxes, grant_exception, revoke_and_switch_off, validate_grant
+from shared.workflow.validation import free_text, mailbox_address, whole_number
 
 PLAN_LINES = 25  # changes printed for a human; --json and the plan table hold all of them
 
@@ -88,6 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
         "be reached the revocation stands, the exit is 1 and it says whether the next sweep will switch it off",
     )
     revoke.add_argument("--mailbox", required=True, metavar="ADDRESS")
+    _add_rollout_commands(commands)
+    return parser
+
+
+def _add_rollout_commands(commands: Any) -> None:
+    """The tools of a rollout on a real tenant: undo a run, read the audit trail, the enforcement hold."""
+    undo = commands.add_parser(
+        "undo",
+        help="put back what one sweep run changed, where the mailbox still holds that run's value: plans "
+        "first (stored, nothing changed); --mode enforce --confirm-plan ID applies that plan, after setting "
+        "the enforcement hold",
+    )
+    undo.add_argument("--run", required=True, metavar="RUN_ID")
+    undo.add_argument("--mode", choices=[m.value for m in EnforcementMode], default=EnforcementMode.REPORT.value)
+    undo.add_argument("--confirm-plan", metavar="ID", help="apply this reviewed undo plan")
+    undo.add_argument("--grant-days", metavar="N", help="also grant an exception to each mailbox switched back on")
+    undo.add_argument("--reason", metavar="TEXT", help="the granted exceptions' reason (with --grant-days)")
+    undo.add_argument("--json", action="store_true", help="print the result as JSON")
 
     audit = commands.add_parser("audit", help="read the audit trail")
     audit_actions = audit.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -108,7 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pause.add_argument("--reason", required=True, metavar="TEXT")
     commands.add_parser("resume", help="lift the enforcement hold (audited, idempotent)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -135,6 +153,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, out: TextIO, e
         "list": _exceptions_list,
         "revoke": _exceptions_revoke,
         "export": _audit_export,
+        "undo": _undo,
         "pause": _pause,
         "resume": _resume,
     }
@@ -305,6 +324,31 @@ async def _exceptions_revoke(
         err.write(f"failed: SMTP AUTH could not be switched off now ({done.problem}); {done.next_step}\n")
         code = Exit.FAILED
     return code
+
+
+async def _undo(
+    args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
+) -> int:
+    grant = None
+    if args.grant_days is not None or args.reason is not None:
+        if args.grant_days is None or args.reason is None:
+            raise InputError(
+                "--grant-days" if args.grant_days is None else "--reason", "goes with --grant-days and --reason"
+            )
+        days = whole_number("--grant-days", args.grant_days, 1, settings.exception_max_days)
+        grant = Grant(days, free_text("--reason", args.reason, max_length=MAX_REASON, required=True))
+    request = UndoRequest(args.run, EnforcementMode(args.mode), args.confirm_plan, grant)
+    summary = await run_undo(settings, request, connections=connections, progress=_progress(err))
+    if args.json:
+        json.dump(summary_json(summary), out, indent=2, default=str)
+        out.write("\n")
+    else:
+        _print_summary(summary, out)
+        for address in summary.skipped[:PLAN_LINES]:
+            out.write(f"  skipped, changed since that run: {address}\n")
+    if not summary.ok:
+        err.write(f"{summary.outcome.value}: {summary.message}\n")
+    return _OUTCOME_EXIT[summary.outcome]
 
 
 async def _audit_export(

@@ -17,6 +17,7 @@ class ChangeReason(StrEnum):
     DRIFT = "drift"  # mailbox allowed SMTP AUTH without any exception
     EXPIRED = "expired"  # its exception expired or was revoked
     EXCEPTION = "exception"  # an active exception needs SMTP AUTH on
+    UNDO = "undo"  # an admin put back what a run did (`undo`): the value before that run
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ class Change:
     guid: str
     address: str
     before: bool | None
-    after: bool
+    after: bool | None  # None only for an undo back to "follow the organisation"
     reason: ChangeReason
 
     def to_json(self) -> dict[str, Any]:
@@ -54,6 +55,6 @@ class Change:
             guid=str(data["guid"]),
             address=str(data["address"]),
             before=data["before"],
-            after=bool(data["after"]),
+            after=None if data["after"] is None else bool(data["after"]),
             reason=ChangeReason(data["reason"]),
         )

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Final
 
 from shared.model.actor import Actor
 from shared.model.clock import utc_now
@@ -44,6 +45,9 @@ def from_tri_state(value: str) -> bool | None:
     return None if value == "null" else value == "true"
 
 
+SWEEP_REASONS: Final = (ChangeReason.NULL, ChangeReason.DRIFT, ChangeReason.EXPIRED, ChangeReason.EXCEPTION)
+
+
 @dataclass(slots=True)
 class StoredPlan:
     plan_id: str
@@ -55,11 +59,13 @@ class StoredPlan:
     scanned: int
     org_smtp_auth_disabled: bool | None
     changes: list[Change] = field(default_factory=list)
+    undoes: str = ""  # an undo plan: the run whose changes it puts back
 
     def counts(self) -> dict[str, int]:
-        counts = {reason.value: 0 for reason in ChangeReason}
+        """Changes by reason: the four a sweep plans always (zero included), others only when present."""
+        counts = {reason.value: 0 for reason in SWEEP_REASONS}
         for change in self.changes:
-            counts[change.reason.value] += 1
+            counts[change.reason.value] = counts.get(change.reason.value, 0) + 1
         return counts
 
 
@@ -110,6 +116,8 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)  # the plan, for display; stored in the plan table
     hold: Hold | None = None  # the enforcement hold the run found, if any
+    undoes: str | None = None  # an undo run: the run whose changes it put back
+    skipped: list[str] = field(default_factory=list)  # an undo's mailboxes changed since that run
 
     @property
     def ok(self) -> bool:

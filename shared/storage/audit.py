@@ -201,6 +201,7 @@ def _summary_entity(summary: RunSummary) -> dict[str, Any]:
         "Message": summary.message[:PROPERTY_CHARS],
         "Errors": json.dumps(summary.errors[:_SUMMARY_ERRORS])[:PROPERTY_CHARS],
         **_hold_properties(summary.hold),
+        **({"UndoesRun": summary.undoes} if summary.undoes else {}),
     }
 
 

@@ -79,6 +79,7 @@ class PlanRepository:
             scanned=int(header.get("Scanned", 0)),
             org_smtp_auth_disabled=from_tri_state(header.get("OrgSmtpAuthDisabled", "null")),
             changes=changes,
+            undoes=header.get("UndoesRun", ""),
         )
         return plan, header.metadata["etag"]
 
@@ -127,4 +128,5 @@ def _header(plan: StoredPlan, chunks: int) -> dict[str, Any]:
         "Counts": json.dumps(plan.counts()),
         "OrgSmtpAuthDisabled": tri_state(plan.org_smtp_auth_disabled),
         "Chunks": chunks,
+        **({"UndoesRun": plan.undoes} if plan.undoes else {}),
     }

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -75,7 +75,7 @@ async def run_sweep(
     if connections is None:
         async with connect(settings) as opened:
             return await run_sweep(settings, request, connections=opened, progress=progress, clock=clock)
-    sweep = _Sweep(settings, mode, connections, progress or _log_progress, clock)
+    sweep = SweepRun(settings, mode, connections, progress or _log_progress, clock)
     return await sweep.run(request)
 
 
@@ -91,7 +91,7 @@ class _Resume(Enum):
     AS_BEFORE = "as before"  # nothing changes: over the cap, or a partial incremental run
 
 
-class _Sweep:
+class SweepRun:
     def __init__(
         self,
         settings: Settings,
@@ -112,21 +112,34 @@ class _Sweep:
         self._unreadable_hold = ""
 
     async def run(self, request: SweepRequest) -> RunSummary:
+        summary = self.new_summary(full=request.full or request.confirm_plan is not None)
+        return await self.as_a_run(summary, lambda: self._run_locked(request, summary))
+
+    def new_summary(self, *, full: bool) -> RunSummary:
         started = self.clock()
-        summary = RunSummary(
+        return RunSummary(
             run_id=new_run_id(started),
             tenant_id=self.settings.tenant_id,
             mode=self.mode.value,
-            full=request.full or request.confirm_plan is not None,
+            full=full,
             started_at=started,
         )
+
+    async def as_a_run(self, summary: RunSummary, body: Callable[[], Awaitable[None]]) -> RunSummary:
+        """Run `body` as a run: the marker and the lease first, a dead run settled, refusals as outcomes,
+        and a summary row at the end whatever happened."""
         try:
             await self.store.state.require_current(self.settings.tenant_id)
             # Renewed on a heartbeat: a dead run holds the next one off for SWEEP_LEASE_SECONDS at most.
             ttl = timedelta(seconds=self.settings.sweep_lease_seconds)
             async with self.store.state.lease(summary.run_id, ttl, self.clock) as lease:
                 self.lease = lease
-                await self._run_locked(request, summary)
+                summary.actor = await actor_for(self.credential, self.settings.exchange_scope)
+                # A run that died left changes without audit rows, perhaps: record them before anything else.
+                await settle_open_runs(
+                    self.store, self.exchange, self.settings.tenant_id, summary.run_id, self.clock(), self.progress
+                )
+                await body()
         except RefusedError as err:
             summary.outcome, summary.message = RunOutcome.REFUSED, str(err)
         except (StoreError, ExchangeError, IdentityError) as err:
@@ -139,11 +152,6 @@ class _Sweep:
 
     async def _run_locked(self, request: SweepRequest, summary: RunSummary) -> None:
         """Read desired and actual state, plan, then record or apply; the watermark is written once, at the end."""
-        summary.actor = await actor_for(self.credential, self.settings.exchange_scope)
-        # A run that died left changes without audit rows, perhaps: record them before anything else.
-        await settle_open_runs(
-            self.store, self.exchange, self.settings.tenant_id, summary.run_id, self.clock(), self.progress
-        )
         now = self.clock()
         # Fail closed: an unreadable exception table raises here and the run changes nothing.
         exceptions = effective_exceptions(await self.store.exceptions.all(), now)
@@ -192,18 +200,18 @@ class _Sweep:
     async def _conclude(self, request: SweepRequest, summary: RunSummary, listing_seconds: float) -> _Resume:
         """Record the plan (report mode, over the cap) or apply it; says where the next run resumes."""
         if request.confirm_plan is not None:
-            changes = await self._confirmed_changes(request.confirm_plan, summary.changes, summary)
+            changes = await self.confirmed_changes(request.confirm_plan, summary.changes, summary)
             await self._apply_all(summary, changes, listing_seconds)
             # Only the reviewed changes were applied: what this listing found beyond them is not done.
             resume = _Resume.WITH_A_FULL_RUN
         elif self.mode is EnforcementMode.REPORT or summary.hold is not None:
-            await self._store_plan(summary, summary.changes, PlanStatus.REPORTED)
+            await self.store_plan(summary, summary.changes, PlanStatus.REPORTED)
             summary.outcome = RunOutcome.REPORTED if self.mode is EnforcementMode.REPORT else RunOutcome.PAUSED
             why = "report mode" if summary.hold is None else summary.hold.describe()
             summary.message = f"{why}: {summary.planned} changes planned, none applied (plan {summary.plan_id})"
             resume = _Resume.FROM_THIS_LISTING if summary.hold is None else _Resume.AS_BEFORE
         elif summary.planned > self.settings.max_changes_per_run:
-            await self._store_plan(summary, summary.changes, PlanStatus.OVER_CAP)
+            await self.store_plan(summary, summary.changes, PlanStatus.OVER_CAP)
             summary.outcome = RunOutcome.OVER_CAP
             summary.message = (
                 f"{summary.planned} changes exceed MAX_CHANGES_PER_RUN={self.settings.max_changes_per_run}: "
@@ -223,7 +231,7 @@ class _Sweep:
 
     async def _apply_all(self, summary: RunSummary, changes: list[Change], listing_seconds: float) -> None:
         """Apply `changes` and say in the summary how it went; StoreError when the audit trail failed."""
-        result = await self._apply(summary, changes)
+        result = await self.apply(summary, changes)
         summary.applied = len(result.applied)
         summary.failed = len(result.failed)
         summary.remaining = len(result.not_started)
@@ -276,13 +284,23 @@ class _Sweep:
                 kept.append(change)
         return kept
 
-    async def _confirmed_changes(self, plan_id: str, current: list[Change], summary: RunSummary) -> list[Change]:
+    async def confirmed_changes(
+        self, plan_id: str, current: list[Change], summary: RunSummary, undoes: str = ""
+    ) -> list[Change]:
+        """The reviewed plan's changes that still hold; RefusedError for any other plan than the one asked for.
+
+        An undo plan (which turns SMTP AUTH back on) is confirmed only by `undo` of its run, and a
+        sweep's plan only by a sweep.
+        """
         loaded = await self.store.plans.load(plan_id)
         if loaded is None:
             raise RefusedError(f"plan {plan_id} is unknown: nothing applied")
         plan, etag = loaded
         if plan.tenant_id != self.settings.tenant_id:
             raise RefusedError(f"plan {plan_id} belongs to tenant {plan.tenant_id}: nothing applied")
+        if plan.undoes != undoes:
+            what = f"the undo plan of run {plan.undoes}" if plan.undoes else "a sweep's plan"
+            raise RefusedError(f"plan {plan_id} is {what}, not the plan asked for: nothing applied")
         if plan.status is PlanStatus.APPLIED:
             raise RefusedError(f"plan {plan_id} was already applied: run a new sweep to plan again")
         if self.clock() - plan.created_at > PLAN_CONFIRM_MAX_AGE:
@@ -299,7 +317,9 @@ class _Sweep:
         summary.changes = still
         return still
 
-    async def _store_plan(self, summary: RunSummary, changes: list[Change], status: PlanStatus) -> None:
+    async def store_plan(
+        self, summary: RunSummary, changes: list[Change], status: PlanStatus, undoes: str = ""
+    ) -> None:
         summary.plan_id = summary.run_id
         await self.store.plans.save(
             StoredPlan(
@@ -312,10 +332,15 @@ class _Sweep:
                 scanned=summary.scanned,
                 org_smtp_auth_disabled=summary.org_smtp_auth_disabled,
                 changes=changes,
+                undoes=undoes,
             )
         )
 
-    async def _apply(self, summary: RunSummary, changes: list[Change]) -> ApplyResult:
+    async def apply(self, summary: RunSummary, changes: list[Change], *, obey_hold: bool = True) -> ApplyResult:
+        """Apply `changes`, each batch's intent stored first and each landed change audited.
+
+        An undo applies while paused (`obey_hold=False`): that is why one pauses.
+        """
         assert summary.actor is not None
         actor = summary.actor
 
@@ -336,7 +361,7 @@ class _Sweep:
         self.progress(f"applying {len(changes)} changes")
         opened = OpenRun(summary.run_id, actor, summary.plan_id or "", self.clock(), self.mode.value, summary.full)
         await self.store.intents.open_run(opened)
-        async with self._watching_the_hold(summary) as stop_when:
+        async with self._watching_the_hold(summary, obey_hold) as stop_when:
             result = await apply_changes(
                 self.exchange,
                 changes,
@@ -352,7 +377,7 @@ class _Sweep:
         return result
 
     @asynccontextmanager
-    async def _watching_the_hold(self, summary: RunSummary) -> AsyncIterator[Callable[[], str]]:
+    async def _watching_the_hold(self, summary: RunSummary, obey: bool) -> AsyncIterator[Callable[[], str]]:
         """While changes are applied: read the hold every HOLD_POLL s; say when to stop before a batch."""
         done = asyncio.Event()
 
@@ -369,7 +394,7 @@ class _Sweep:
         def stop_when() -> str:
             if self.lease is not None and not self.lease.held:
                 return "the sweep lease could not be renewed"
-            if summary.hold is not None:
+            if obey and summary.hold is not None:
                 return f"the enforcement hold ({summary.hold.describe()})"
             return f"an unreadable enforcement hold ({self._unreadable_hold})" if self._unreadable_hold else ""
 

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from shared.model.exception_records import ExceptionRecord
 from shared.model.mailbox import Change, ChangeReason, MailboxState
+from shared.model.runs import AuditedChange
 
 
 @dataclass(slots=True)
@@ -121,3 +122,22 @@ def confirmable(reviewed: Iterable[Change], current: Iterable[Change]) -> tuple[
     for change in reviewed:
         (still if (change.guid, change.before, change.after) in now_planned else dropped).append(change)
     return still, dropped
+
+
+def plan_undo(
+    rows: Iterable[AuditedChange], current: Mapping[str, MailboxState]
+) -> tuple[list[Change], list[AuditedChange]]:
+    """Changes that put back what a run did, and the rows skipped because their mailbox moved on since.
+
+    A row is undone only where the mailbox still holds the value the run gave it (its `after`): then
+    it goes back to the row's `before`, null included. A mailbox changed since, or gone, is skipped.
+    """
+    undo: list[Change] = []
+    skipped: list[AuditedChange] = []
+    for row in rows:
+        mailbox = current.get(row.mailbox_guid)
+        if mailbox is None or mailbox.smtp_auth_disabled != row.after or row.before == row.after:
+            skipped.append(row)
+            continue
+        undo.append(Change(row.mailbox_guid, mailbox.address, row.after, row.before, ChangeReason.UNDO))
+    return undo, skipped

@@ -122,3 +122,24 @@ def test_changed_since_takes_grants_revocations_and_lapses_in_the_window() -> No
     future = replace(record("future"), expires_at=NOW + timedelta(minutes=1))  # not yet
     records = [granted, revoked, lapsed, old, lapsed_long_ago, future]
     assert changed_since(records, since, NOW) == {"granted", "revoked", "lapsed"}
+
+
+def test_an_undo_puts_back_each_before_where_the_mailbox_still_holds_the_runs_after() -> None:
+    from shared.model.runs import AuditedChange
+    from shared.sweep.planner import plan_undo
+
+    def row(guid: str, before: bool | None, after: bool | None) -> AuditedChange:
+        return AuditedChange("run", NOW, f"{guid}@contoso.com", guid, before, after, "drift", "admin", False)
+
+    rows = [row("a", None, True), row("b", False, True), row("c", False, True), row("gone", False, True)]
+    current = {
+        "a": MailboxState("a", "a@contoso.com", True),
+        "b": MailboxState("b", "b@contoso.com", True),
+        "c": MailboxState("c", "c@contoso.com", False),  # changed since the run: left alone
+    }
+    changes, skipped = plan_undo(rows, current)
+    assert [(c.guid, c.before, c.after, c.reason) for c in changes] == [
+        ("a", True, None, ChangeReason.UNDO),  # null stays null
+        ("b", True, False, ChangeReason.UNDO),
+    ]
+    assert [r.mailbox_guid for r in skipped] == ["c", "gone"]
