@@ -110,3 +110,24 @@ async def test_health_shows_only_that_a_hold_stands_and_approvals_still_act(
     request_id = await submitted_request(people)
     await decide_through_the_link(people, emulator, request_id)  # an approval acts on its one mailbox
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
+
+
+@pytest.mark.usefixtures("app_env")
+async def test_a_run_that_loses_its_lease_stops_before_its_next_batch(
+    emulator: EmulatorServer, store: Store, storage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator.tenant.seed(1500, rng_seed=7, disabled_true=0.2)
+    monkeypatch.setenv("MAX_CHANGES_PER_RUN", "100000")
+    monkeypatch.setenv("SWEEP_LEASE_SECONDS", "15")  # a heartbeat every 3.75 s
+    await store.state.initialise(emulator.tenant.tenant_id, "test")
+    emulator.faults.configure(latency_ms=200, concurrency_limit=2)
+    running = asyncio.create_task(run_sweep(load_settings(), SweepRequest(full=True, mode=EnforcementMode.ENFORCE)))
+    async with asyncio.timeout(30):
+        while batches(emulator) < 3:
+            assert not running.done(), running.result().message
+            await asyncio.sleep(0.02)
+    async with TableClient.from_connection_string(storage, "SmtpGuardState") as table:
+        await table.delete_entity("sweep", "lease")  # as if another run had taken it over
+    summary = await asyncio.wait_for(running, 60)
+    assert summary.outcome is RunOutcome.PARTIAL and 0 < summary.applied < summary.planned
+    assert "the sweep lease could not be renewed" in summary.message
