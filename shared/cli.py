@@ -177,13 +177,19 @@ async def _init(
     args: argparse.Namespace, settings: Settings, connections: Connections, out: TextIO, err: TextIO
 ) -> int:
     actor = await actor_for(connections.credential, settings.exchange_scope)
-    marker, step = await connections.store.state.initialise(settings.tenant_id, str(actor))
+    store = connections.store
+    indexed: list[int] = []
+
+    async def index_older_rows() -> None:  # the audit rows written before the day index existed
+        indexed.append(await store.audit.index_existing())
+
+    marker, step = await store.state.initialise(settings.tenant_id, str(actor), index_older_rows)
     out.write(
         f"{step.value}: tables {', '.join(TABLES)}; install marker for tenant {marker.tenant_id} "
         f"(written {marker.installed_at:%Y-%m-%d %H:%M}Z, schema version {marker.schema_version})\n"
     )
-    if step is InstallStep.UPGRADED:  # the audit rows written before the day index existed
-        out.write(f"  indexed the audit rows of {await connections.store.audit.index_existing()} earlier runs\n")
+    if step is InstallStep.UPGRADED:
+        out.write(f"  indexed the audit rows of {indexed[0]} earlier runs\n")
     return Exit.OK
 
 

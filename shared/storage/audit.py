@@ -13,6 +13,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
+from shared.errors import RefusedError
 from shared.model.actor import Actor
 from shared.model.clock import utc_now
 from shared.model.hold import Hold
@@ -52,8 +53,17 @@ class AuditRepository:
             for run_id, run_entries in by_run.items():
                 await self._index_days(run_id, {day_partition(e.at) for e in run_entries})
                 for start in range(0, len(run_entries), TRANSACTION_LIMIT):
-                    chunk = run_entries[start : start + TRANSACTION_LIMIT]
-                    await submit(table, [("create", _change_entity(e)) for e in chunk])
+                    chunk = [_change_entity(e) for e in run_entries[start : start + TRANSACTION_LIMIT]]
+                    try:
+                        await submit(table, [("create", entity) for entity in chunk])
+                    except RefusedError:  # some exist already (a later run recovered them): insert the rest
+                        await self._insert_missing(chunk)
+
+    async def _insert_missing(self, entities: list[dict[str, Any]]) -> None:
+        """One by one, keeping the rows already there: the trail is never rewritten, and none is lost."""
+        for entity in entities:
+            with suppress(ResourceExistsError):
+                await self._tables[AUDIT_TABLE].create_entity(entity, **NO_ECHO)
 
     async def _index_days(self, run_id: str, days: set[str]) -> None:
         """An insert-only row per day and run, before the rows it points to: an export never misses one."""
@@ -61,8 +71,14 @@ class AuditRepository:
             key = f"{day}/{run_id}"
             if key in self._indexed:
                 continue
-            with suppress(ResourceExistsError):
+            try:
                 await self._tables[AUDIT_INDEX_TABLE].create_entity({"PartitionKey": day, "RowKey": run_id}, **NO_ECHO)
+            except ResourceExistsError:
+                pass
+            except ResourceNotFoundError:
+                # A store not yet upgraded (schema 1) has no index table; an approval or revocation must
+                # still get its audit row. The upgrade indexes every row written before it (index_existing).
+                return
             if len(self._indexed) >= MAX_REMEMBERED:
                 self._indexed.clear()
             self._indexed.add(key)
@@ -92,8 +108,6 @@ class AuditRepository:
         first, after = CHANGE_ROW_RANGE
         odata = "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after"
         parameters: dict[str, Any] = {"first": first, "after": after}
-        if address is not None:
-            odata, parameters["address"] = f"{odata} and MailboxAddress eq @address", address
         if since is not None:
             odata, parameters["since"] = f"{odata} and At ge @since", since
         if until is not None:
@@ -102,7 +116,9 @@ class AuditRepository:
         async with storage_errors("read the audit trail"):
             for run in runs:
                 async for e in self._tables[AUDIT_TABLE].query_entities(odata, parameters={**parameters, "pk": run}):
-                    yield _audited(e)
+                    # Exchange's addresses keep their case; a table filter cannot compare without it.
+                    if address is None or str(e.get("MailboxAddress", "")).lower() == address.lower():
+                        yield _audited(e)
 
     async def _indexed_runs(self, since: datetime | None, until: datetime | None) -> list[str]:
         """The runs of the days in [since, until], from the index (one small partition a day)."""

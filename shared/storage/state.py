@@ -12,7 +12,7 @@ import base64
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -79,10 +79,14 @@ class StateRepository:
     def _table(self) -> TableClient:
         return self._tables[STATE_TABLE]
 
-    async def initialise(self, tenant_id: str, installed_by: str) -> tuple[InstallMarker, InstallStep]:
+    async def initialise(
+        self, tenant_id: str, installed_by: str, before_upgrade: Callable[[], Awaitable[object]] | None = None
+    ) -> tuple[InstallMarker, InstallStep]:
         """Create the tables and the marker, or bring an older install up to SCHEMA_VERSION.
 
         Idempotent; refuses a store that belongs to another tenant, or one a newer version upgraded.
+        `before_upgrade` (indexing the older rows) runs before the marker's version moves, so an
+        upgrade that fails halfway is simply run again by the next `init`.
         """
         async with storage_errors("create the tables"):
             for name in TABLES:
@@ -95,6 +99,8 @@ class StateRepository:
             raise RefusedError(_newer(marker))
         if marker.schema_version == SCHEMA_VERSION:
             return marker, InstallStep.CURRENT
+        if before_upgrade is not None:
+            await before_upgrade()
         changes = {"SchemaVersion": SCHEMA_VERSION, "UpgradedAt": utc_now(), "UpgradedBy": installed_by}
         async with storage_errors("upgrade the install marker"):
             entity = await self._table.get_entity(INSTALL_PARTITION, MARKER_ROW)
@@ -241,8 +247,9 @@ class StateRepository:
                 with suppress(ResourceNotFoundError, ResourceModifiedError):  # expired and taken over
                     await table.delete_entity(SWEEP_PARTITION, LEASE_ROW, **unchanged_since(etag))
 
-    async def readiness(self, tenant_id: str) -> bool:
-        """For health: the marker is this tenant's (or the marker's errors), and whether a hold stands.
+    async def readiness(self, tenant_id: str) -> tuple[bool, bool]:
+        """For health: the marker is this tenant's (or the marker's errors); whether the store is at this
+        code's schema version, and whether a hold stands.
 
         One request for both, so that a probe costs one storage read.
         """
@@ -268,7 +275,7 @@ class StateRepository:
             raise NotInstalledError("this storage account has no SMTP AUTH Guard install marker")
         if marker.get("TenantId") != tenant_id:
             raise WrongTenantError("the install marker names another tenant")
-        return HOLD_ROW in rows
+        return int(marker.get("SchemaVersion", 0)) == SCHEMA_VERSION, HOLD_ROW in rows
 
     async def hold(self) -> Hold | None:
         """The enforcement hold, or None. Fails closed like every read: an error is not "no hold"."""
@@ -277,7 +284,12 @@ class StateRepository:
                 entity = await self._table.get_entity(SWEEP_PARTITION, HOLD_ROW)
             except ResourceNotFoundError:
                 return None
-        return Hold(held_by=entity["HeldBy"], reason=entity["Reason"], held_at=entity["HeldAt"])
+        # A row missing a property is still a hold: never read a damaged hold as "no hold".
+        return Hold(
+            held_by=str(entity.get("HeldBy", "")),
+            reason=str(entity.get("Reason", "")),
+            held_at=entity.get("HeldAt") or utc_now(),
+        )
 
     async def set_hold(self, hold: Hold) -> tuple[Hold, bool]:
         """Set the hold by an insert; when one stands already, that one stays. Returns it and whether it is new."""

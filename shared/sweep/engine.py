@@ -372,13 +372,17 @@ class SweepRun:
                 stop_when=stop_when,
                 before_send=intend,
             )
-        if result.error is None:  # every change that landed has its row: nothing is left to settle
+        # Every change that landed has its row: nothing is left to settle. A failed batch may have
+        # landed all the same (a timeout after Exchange applied it), so then the next run settles it.
+        if result.error is None and not result.failed:
             await self.store.intents.close_run(summary.run_id)
         return result
 
     @asynccontextmanager
     async def _watching_the_hold(self, summary: RunSummary, obey: bool) -> AsyncIterator[Callable[[], str]]:
         """While changes are applied: read the hold every HOLD_POLL s; say when to stop before a batch."""
+        if obey:  # read now, not a poll later: a hold set during the listing stops the very first batch
+            summary.hold = summary.hold or await self.store.state.hold()
         done = asyncio.Event()
 
         async def watch() -> None:

@@ -6,21 +6,28 @@ does anything else: for each intended change with no audit row, it reads the mai
 mailbox holds the intended value the change landed, so its row is written now, with the `before`
 the dead run planned from, marked recovered. A dead run's summary says it was interrupted.
 
-The one blind spot: a change that landed and was then put back by hand before the settling run
-read the mailbox leaves no row. The next sweep plans that mailbox again, and records that change.
+Blind spots, both narrow: a change that landed and was then put back by hand before the settling
+run read the mailbox leaves no row (the next sweep plans that mailbox again and records its change);
+and a run cut off from storage, but not from Exchange, can land a batch already in flight after its
+lease lapsed and its settling: its own audit writer then adds those rows if storage comes back (rows
+that exist already are kept), else they are lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import datetime
 
+from shared.errors import GuardError
 from shared.microsoft.exchange import ExchangeClient
 from shared.model.mailbox import Change
 from shared.model.runs import AuditEntry, RunOutcome, RunSummary
 from shared.storage import Store
-from shared.storage.intents import OpenRun
+from shared.storage.intents import Intent, OpenRun
+
+logger = logging.getLogger(__name__)
 
 
 async def settle_open_runs(
@@ -36,23 +43,42 @@ async def settle_open_runs(
     for run in await store.intents.open_runs():
         if run.run_id == settling_run:
             continue
-        recorded = await store.audit.changed_mailboxes(run.run_id)
-        rows = await _landed_without_a_row(store, exchange, run, recorded)
-        if rows:
-            await store.audit.append(rows)
-        if not await store.audit.has_summary(run.run_id):
-            summary = _interrupted(run, tenant_id, settling_run, len(recorded), len(rows), now)
-            await store.audit.write_summary(summary)
-        await store.intents.close_run(run.run_id)
-        progress(f"settled run {run.run_id}, which stopped without finishing: {len(rows)} audit rows recovered")
-        recovered += len(rows)
+        try:
+            recovered += await _settle(store, exchange, tenant_id, run, settling_run, now, progress)
+        except (GuardError, ValueError, KeyError) as err:
+            # Not settled, so it stays open for the next run; one bad run must not stop every sweep.
+            logger.error("SMTP AUTH Guard: run %s could not be settled: %s", run.run_id, err)
+            progress(f"warning: run {run.run_id} could not be settled now ({err}); the next run tries again")
     return recovered
 
 
+async def _settle(
+    store: Store,
+    exchange: ExchangeClient,
+    tenant_id: str,
+    run: OpenRun,
+    settling_run: str,
+    now: datetime,
+    progress: Callable[[str], None],
+) -> int:
+    intents = await store.intents.of_run(run.run_id)
+    recorded = await store.audit.changed_mailboxes(run.run_id)
+    rows = await _landed_without_a_row(exchange, run, intents, recorded)
+    if rows:
+        await store.audit.append(rows)
+    if not await store.audit.has_summary(run.run_id):
+        await store.audit.write_summary(_interrupted(run, tenant_id, settling_run, len(recorded), len(rows), now))
+    # Settled once, before this run changes anything: settled again later, a mailbox that a later run
+    # changed would read as a change of the dead run's.
+    await store.intents.close_run(run.run_id)
+    progress(f"settled run {run.run_id}, which stopped without finishing: {len(rows)} audit rows recovered")
+    return len(rows)
+
+
 async def _landed_without_a_row(
-    store: Store, exchange: ExchangeClient, run: OpenRun, recorded: set[str]
+    exchange: ExchangeClient, run: OpenRun, intents: list[Intent], recorded: set[str]
 ) -> list[AuditEntry]:
-    pending = [(intent.at, change) for intent in await store.intents.of_run(run.run_id) for change in intent.changes]
+    pending = [(intent.at, change) for intent in intents for change in intent.changes]
     pending = [(at, change) for at, change in pending if change.guid not in recorded]
 
     async def landed(change: Change) -> bool:  # the client keeps to the tenant's concurrency limit

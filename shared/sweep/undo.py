@@ -19,13 +19,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from shared.bootstrap import Connections, connect
-from shared.errors import InputError, RefusedError
+from shared.errors import InputError
 from shared.microsoft.exchange import ExchangeClient
 from shared.model.clock import Clock, utc_now
 from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
 from shared.model.hold import Hold
 from shared.model.mailbox import Change, MailboxState
-from shared.model.runs import AuditedChange, PlanStatus, RunOutcome, RunSummary
+from shared.model.runs import PlanStatus, RunOutcome, RunSummary
 from shared.settings import EnforcementMode, Settings
 from shared.sweep.engine import SweepRun
 from shared.sweep.planner import plan_undo
@@ -64,16 +64,15 @@ async def run_undo(
         async with connect(settings) as opened:
             return await run_undo(settings, request, connections=opened, progress=progress, clock=clock)
     started = _started_at(request.run_id)
+    if request.confirm_plan is not None and request.mode is not EnforcementMode.ENFORCE:
+        raise InputError("--confirm-plan", "confirming a plan applies it, so it needs --mode enforce")
     await connections.store.state.require_current(settings.tenant_id)
     if clock() - started > MAX_AGE:
         raise InputError("--run", f"run {request.run_id} is older than {MAX_AGE.days} days: grant or revoke exceptions")
     undo = _Undo(settings, request.mode, connections, progress or (lambda _: None), clock)
-    rows = [row async for row in connections.store.audit.export(run_id=request.run_id)]
-    if not rows:
-        raise InputError("--run", f"run {request.run_id} changed no mailbox, or is unknown")
     summary = undo.new_summary(full=False)
     summary.undoes = request.run_id
-    return await undo.as_a_run(summary, lambda: undo.undo(request, rows, summary))
+    return await undo.as_a_run(summary, lambda: undo.undo(request, summary))
 
 
 def _started_at(run_id: str) -> datetime:
@@ -84,11 +83,18 @@ def _started_at(run_id: str) -> datetime:
     match = _SWEEP_RUN_ID.match(run_id)
     if match is None:
         raise InputError("--run", f"{run_id!r} is not the id of a sweep run (like 20261201T020000Z-1a2b3c4d)")
-    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:  # shaped like one, but no real moment (a 13th month)
+        raise InputError("--run", f"{run_id!r} is not the id of a sweep run") from None
 
 
 class _Undo(SweepRun):
-    async def undo(self, request: UndoRequest, rows: list[AuditedChange], summary: RunSummary) -> None:
+    async def undo(self, request: UndoRequest, summary: RunSummary) -> None:
+        # Read under the lease, after a dead run was settled: its recovered rows count too.
+        rows = [row async for row in self.store.audit.export(run_id=request.run_id)]
+        if not rows:
+            raise InputError("--run", f"run {request.run_id} changed no mailbox, or is unknown")
         current = await _current(self.exchange, [row.mailbox_guid for row in rows])
         changes, skipped = plan_undo(rows, current)
         summary.scanned, summary.planned, summary.changes = len(rows), len(changes), changes
@@ -106,8 +112,6 @@ class _Undo(SweepRun):
                 f"--confirm-plan {summary.plan_id}`"
             )
             return
-        if request.mode is not EnforcementMode.ENFORCE:
-            raise RefusedError("--confirm-plan applies the plan, so it needs --mode enforce")
         still = await self.confirmed_changes(request.confirm_plan, changes, summary, undoes=request.run_id)
         await self._hold_first(summary, request.run_id)
         await self.apply_undo(summary, still, request)
@@ -154,7 +158,7 @@ class _Undo(SweepRun):
             record = ExceptionRecord(
                 id=str(uuid.uuid4()),
                 mailbox_guid=change.guid,
-                mailbox_address=change.address,
+                mailbox_address=change.address.lower(),  # as every grant stores it
                 status=ExceptionStatus.APPROVED,
                 expires_at=now + timedelta(days=grant.days),
                 reason=grant.reason,

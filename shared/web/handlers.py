@@ -260,11 +260,13 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 
 async def _storage_check(c: Clients) -> tuple[str, bool | None]:
     try:
-        held = await c.store.state.readiness(c.settings.tenant_id)
+        current, held = await c.store.state.readiness(c.settings.tenant_id)
     except NotInstalledError:
         return "not initialised: run `python -m shared.cli init`", None
     except WrongTenantError:
         return "the install marker names another tenant", None
     except StoreError:
         return "unreachable", None
+    if not current:
+        return "needs an upgrade: run `python -m shared.cli init`", held
     return "ok", held

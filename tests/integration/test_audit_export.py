@@ -29,6 +29,7 @@ def test_filters_combine_and_json_and_csv_agree(cli: Any, emulator: EmulatorServ
     tenant = emulator.tenant
     formulas = [tenant.add_mailbox(address, smtp=False) for address in ("=cmd@contoso.com", "+sum@contoso.com")]
     formulas.append(tenant.add_mailbox("-minus@contoso.com", smtp=None))
+    mixed = tenant.add_mailbox("Mixed.Case@contoso.com", smtp=False)  # Exchange keeps an address's case
     assert cli("init").code == 0
     assert json.loads(exported(cli)) == []  # no rows: an empty array, exit 0
     first = json.loads(cli("sweep", "--full", "--mode", "enforce", "--json").out)
@@ -61,6 +62,7 @@ def test_filters_combine_and_json_and_csv_agree(cli: Any, emulator: EmulatorServ
         json.loads(exported(cli, "--since", (at - timedelta(hours=1)).isoformat(), "--until", "2999-01-01"))
     ) == len(rows)
     assert json.loads(exported(cli, "--until", "2020-01-01", "--mailbox=-minus@contoso.com")) == []
+    assert [r["mailbox_guid"] for r in json.loads(exported(cli, "--mailbox", "mixed.case@CONTOSO.com"))] == [mixed.guid]
 
     table = list(csv.reader(io.StringIO(exported(cli, "--format", "csv"))))
     assert table[0] == ["run_id", "at", "mailbox", "mailbox_guid", "before", "after", "reason", "actor", "recovered"]

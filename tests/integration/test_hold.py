@@ -131,3 +131,22 @@ async def test_a_run_that_loses_its_lease_stops_before_its_next_batch(
     summary = await asyncio.wait_for(running, 60)
     assert summary.outcome is RunOutcome.PARTIAL and 0 < summary.applied < summary.planned
     assert "the sweep lease could not be renewed" in summary.message
+
+
+@pytest.mark.usefixtures("app_env")
+async def test_a_hold_set_during_the_listing_stops_the_very_first_batch(
+    emulator: EmulatorServer, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator.tenant.seed(1500, rng_seed=7, disabled_true=0.2)
+    monkeypatch.setenv("MAX_CHANGES_PER_RUN", "100000")
+    await store.state.initialise(emulator.tenant.tenant_id, "test")
+    emulator.faults.configure(latency_ms=400)  # a listing slow enough to pause in
+    running = asyncio.create_task(run_sweep(load_settings(), SweepRequest(full=True, mode=EnforcementMode.ENFORCE)))
+    async with asyncio.timeout(30):
+        while emulator.calllog.count(cmdlet="Get-CASMailbox") < 1:
+            assert not running.done(), running.result().message
+            await asyncio.sleep(0.01)
+    await hold.pause(store, emulator.tenant.tenant_id, ADMIN, "during the listing", datetime.now(UTC))
+    summary = await asyncio.wait_for(running, 60)
+    assert batches(emulator) == 0 and summary.applied == 0
+    assert summary.hold is not None and "enforcement hold" in summary.message

@@ -84,9 +84,12 @@ def test_undo_refuses_approvals_old_and_unknown_runs(cli: Any, emulator: Emulato
         ("20251001T020000Z-1a2b3c4d", "older than 30 days"),
         (f"{recent}-00000000", "changed no mailbox, or is unknown"),
         ("not-a-run", "is not the id of a sweep run"),
+        ("20261399T020000Z-1a2b3c4d", "is not the id of a sweep run"),  # shaped like one, no real moment
     ):
         refused = cli("undo", "--run", run)
         assert refused.code == 2 and refused.err.startswith("error: --run:") and says in refused.err, refused.err
     half = cli("undo", "--run", f"{recent}-00000000", "--grant-days", "30")
     assert half.code == 2 and "--reason" in half.err
+    report_confirm = cli("undo", "--run", f"{recent}-00000000", "--confirm-plan", "x")
+    assert report_confirm.code == 2 and report_confirm.err.startswith("error: --confirm-plan:")
     assert emulator.calllog.count(cmdlet="Set-CASMailbox") == 0

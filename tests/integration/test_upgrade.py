@@ -66,3 +66,18 @@ def test_a_schema_1_store_refuses_sweeps_until_init_then_keeps_its_rows(
     assert emulator.tenant.find(kept.guid).smtp_client_authentication_disabled is False  # its old exception holds
     others = [m for m in emulator.tenant.snapshot() if m.guid != kept.guid]
     assert all(m.smtp_client_authentication_disabled is True for m in others)
+
+
+async def test_an_approval_on_a_schema_1_store_still_gets_its_audit_row(
+    storage: str, emulator: EmulatorServer, store: Any
+) -> None:
+    from shared.model.actor import Actor
+    from shared.model.mailbox import Change, ChangeReason
+    from shared.model.runs import AuditEntry
+
+    kept = emulator.tenant.snapshot()[3]
+    await _install_as_schema_1(storage, emulator.tenant.tenant_id, kept)  # no index table yet
+    change = Change(kept.guid, kept.primary_smtp_address, True, False, ChangeReason.EXCEPTION)
+    await store.audit.append([AuditEntry("approval-1", change, Actor("approver", ""), datetime.now(UTC))])
+    rows = await store.audit.of_run("approval-1")
+    assert [row["RowKey"] for row in rows] == [f"change-{kept.guid}"]
