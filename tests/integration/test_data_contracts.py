@@ -307,8 +307,10 @@ async def test_a_runs_audit_rows_are_read_and_only_ever_added_to(store: Store, s
     assert new.keys() == rows[f"change-{MAILBOX_B}"].keys()  # today's writer keeps the fixture's layout
     written = (new["MailboxGuid"], new["Before"], new["After"], new["Reason"], new["Actor"], new["At"])
     assert written == (change.guid, "null", "true", "null", actor.object_id, contracts.now)
-    with pytest.raises(RefusedError):  # an existing row is never rewritten
-        await store.audit.append([AuditEntry(RUN_ID, change, actor, contracts.now)])
+    # An existing row is never rewritten: appending it again (a late writer after a settle) keeps it.
+    other = Actor("00000000-0000-4000-8000-000000000bad", "")
+    await store.audit.append([AuditEntry(RUN_ID, change, other, contracts.now + timedelta(minutes=1))])
+    assert {e["RowKey"]: e for e in await store.audit.of_run(RUN_ID)} == rows
 
 
 # -- SmtpGuardRequests: requests and their reservations ----------------------------------------------
