@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--only full|incremental|coldstart|submission] [--quick]`.
+"""`python -m benchmarks [--only full|incremental|coldstart|submission|export] [--quick]`.
 
 Runs the benchmarks, prints a table for each and writes .artifacts/bench-*.json.
 """
@@ -15,19 +15,22 @@ from .harness import machine
 
 
 def _runners() -> dict[str, Callable[[bool], dict[str, Any]]]:
-    from . import cold_start, full_reconcile, incremental, submission
+    from . import audit_export, cold_start, full_reconcile, incremental, submission
 
     return {
         "full": full_reconcile.run,
         "incremental": incremental.run,
         "coldstart": cold_start.run,
         "submission": submission.run,
+        "export": audit_export.run,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--only", choices=("full", "incremental", "coldstart", "submission"), help="run one benchmark")
+    parser.add_argument(
+        "--only", choices=("full", "incremental", "coldstart", "submission", "export"), help="run one benchmark"
+    )
     parser.add_argument("--quick", action="store_true", help="a small smoke version (minutes, not tens of minutes)")
     args = parser.parse_args(argv)
     runners = _runners()

@@ -66,6 +66,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def calibration_ms() -> float:
+    """Milliseconds for a fixed pure-Python workload (JSON round trips): the VM's speed right now."""
+    document = {"mailbox": "scanner@contoso.example", "days": 30, "devices": ["Ricoh IM C3000"] * 8}
+    started = time.perf_counter()
+    for _ in range(20_000):
+        json.loads(json.dumps(document))
+    return round(1000 * (time.perf_counter() - started), 1)
+
+
+def load_average() -> float:
+    """The 1-minute load average: on a shared VM, says whether something else ran beside a measurement."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
 # -- output -------------------------------------------------------------------------------------------
 
 
@@ -184,6 +201,25 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot (user, nice, system, irq, softirq).
+
+    The difference over a measurement, less what the measured processes used, is what else ran meanwhile.
+    """
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in first[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def other_cpu_s(machine_s: float, *measured_s: float) -> float:
+    """What the rest of the machine used over a measurement: its CPU less the measured processes' (>= 0;
+    per-process figures are counted in clock ticks, so a quiet machine can come out a tick below zero)."""
+    return round(max(0.0, machine_s - sum(measured_s)), 2)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -433,6 +469,7 @@ class Sweep:
     calls: CallCounts
     emulator_cpu_s: float
     azurite_cpu_s: float
+    machine_cpu_s: float = 0.0  # every process on the machine, over the sweep
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,14 +484,15 @@ class SweepStack:
         """`shared.cli sweep ARGS` on a cleared call log; `label` names the run if it fails."""
         emulator, azurite_pid = self.emulator, self.azurite.pid or 0
         emulator.clear_calls()
-        emu_cpu, az_cpu = cpu_seconds(emulator.pid), cpu_seconds(azurite_pid)
+        emu_cpu, az_cpu, all_cpu = cpu_seconds(emulator.pid), cpu_seconds(azurite_pid), machine_cpu_seconds()
         proc = cli(["sweep", *args], self.env)
+        all_cpu = machine_cpu_seconds() - all_cpu
         emu_cpu, az_cpu = cpu_seconds(emulator.pid) - emu_cpu, cpu_seconds(azurite_pid) - az_cpu
         if proc.returncode != 0:
             raise RuntimeError(f"{label} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
         summary = proc.json()
         entries = emulator.calls()
-        return Sweep(proc, summary, entries, count_calls(entries), emu_cpu, az_cpu)
+        return Sweep(proc, summary, entries, count_calls(entries), emu_cpu, az_cpu, all_cpu)
 
 
 @contextmanager

@@ -43,6 +43,7 @@ from .harness import (
     EmulatorOptions,
     EmulatorProcess,
     app_env,
+    calibration_ms,
     cpu_seconds,
     init_store,
     log,
@@ -270,15 +271,6 @@ SUMMARY_COLUMNS: Final = (
 )
 
 
-def _calibration_ms() -> float:
-    """Milliseconds for a fixed pure-Python workload (JSON round trips): the VM's speed right now."""
-    document = {"mailbox": "scanner@contoso.example", "days": 30, "devices": ["Ricoh IM C3000"] * 8}
-    started = time.perf_counter()
-    for _ in range(20_000):
-        json.loads(json.dumps(document))
-    return round(1000 * (time.perf_counter() - started), 1)
-
-
 def _summary(latency_ms: float, trials: list[dict[str, Any]]) -> dict[str, Any]:
     p95s = [t["p95_ms"] for t in trials]
     ok = [t for t in trials if set(t["statuses"]) == {201}]
@@ -302,7 +294,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     for latency in LATENCIES_MS:
         for trial in range(1, trials + 1):
-            calibration = _calibration_ms()
+            calibration = calibration_ms()
             print(f"\n-- trial {trial}/{trials} (calibration {calibration} ms):", end=" ")
             runs.append({**_one(latency, per_client), "trial": trial, "calibration_ms": calibration})
     print()
