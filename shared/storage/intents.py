@@ -1,7 +1,8 @@
 """SmtpGuardIntents: what a run is about to change, written before it sends it.
 
-A run that applies changes first opens itself (a row in the `open` partition), then inserts each
-batch's intent (the planned changes, with their `before`) before the batch goes to Exchange, and
+A run that applies changes first opens itself (a row in the `open` partition), then inserts the
+intent of each group of batches (the planned changes, with their `before`) before the first of them
+goes to Exchange, and
 closes itself once every change that landed has its audit row. A run that dies stays open; the next
 run settles it: it reads the mailboxes of its intents and writes the missing audit rows, marked
 recovered. So every change that landed in Exchange gets its row, even after a SIGKILL.
