@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,10 +31,25 @@ class RunOutcome(StrEnum):
     FAILED = "failed"
 
 
+_RUN_STAMP: Final = "%Y%m%dT%H%M%SZ"
+_RUN_ID: Final = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{8}$")
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """Sortable by time, unique across instances."""
     moment = (now or utc_now()).astimezone(UTC)
-    return f"{moment:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    return f"{moment:{_RUN_STAMP}}-{uuid.uuid4().hex[:8]}"
+
+
+def run_started_at(run_id: str) -> datetime | None:
+    """When the run with an id made by new_run_id began; None for any other id."""
+    match = _RUN_ID.match(run_id)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1), _RUN_STAMP).replace(tzinfo=UTC)
+    except ValueError:  # shaped like one, but no real moment (a 13th month)
+        return None
 
 
 def tri_state(value: bool | None) -> str:

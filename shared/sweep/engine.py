@@ -402,12 +402,14 @@ class SweepRun:
                 return f"the enforcement hold ({summary.hold.describe()})"
             return f"an unreadable enforcement hold ({self._unreadable_hold})" if self._unreadable_hold else ""
 
-        watcher = asyncio.create_task(watch())
+        # An undo does not obey the hold, so it has no reason to read it while it applies.
+        watcher = asyncio.create_task(watch()) if obey else None
         try:
             yield stop_when
         finally:
             done.set()
-            await watcher
+            if watcher is not None:
+                await watcher
 
     async def _save_state(self, summary: RunSummary, state: SweepState) -> None:
         await self.store.state.save_sweep_state(self.mode.value, state, summary.run_id)

@@ -11,11 +11,10 @@ again what was undone; it is allowed while paused, which is why one pauses.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 from shared.bootstrap import Connections, connect
@@ -23,16 +22,15 @@ from shared.errors import InputError
 from shared.microsoft.exchange import ExchangeClient
 from shared.model.clock import Clock, utc_now
 from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
-from shared.model.hold import Hold
 from shared.model.mailbox import Change, MailboxState
-from shared.model.runs import PlanStatus, RunOutcome, RunSummary
+from shared.model.runs import PlanStatus, RunOutcome, RunSummary, run_started_at
 from shared.settings import EnforcementMode, Settings
 from shared.sweep.engine import SweepRun
+from shared.sweep.hold import pause
 from shared.sweep.planner import plan_undo
 
 MAX_AGE: Final = timedelta(days=30)  # an older run is history: grant or revoke exceptions instead
 ONE_BY_ONE: Final = 200  # up to this many mailboxes are read one by one; more, by one full listing
-_SWEEP_RUN_ID: Final = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +78,10 @@ def _started_at(run_id: str) -> datetime:
     if run_id.startswith(("approval-", "revoke-")):
         use = "use `exceptions add` or `exceptions revoke`"
         raise InputError("--run", f"{run_id} is an approval or a revocation, not a sweep: {use}")
-    match = _SWEEP_RUN_ID.match(run_id)
-    if match is None:
+    started = run_started_at(run_id)
+    if started is None:
         raise InputError("--run", f"{run_id!r} is not the id of a sweep run (like 20261201T020000Z-1a2b3c4d)")
-    try:
-        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except ValueError:  # shaped like one, but no real moment (a 13th month)
-        raise InputError("--run", f"{run_id!r} is not the id of a sweep run") from None
+    return started
 
 
 class _Undo(SweepRun):
@@ -119,14 +114,8 @@ class _Undo(SweepRun):
     async def _hold_first(self, summary: RunSummary, run_id: str) -> None:
         """Set the enforcement hold before the first change, so that no sweep switches it off again."""
         assert summary.actor is not None
-        hold = Hold(
-            held_by=str(summary.actor), reason=f"undo of run {run_id} (run {summary.run_id})", held_at=self.clock()
-        )
-        summary.hold, new = await self.store.state.set_hold(hold)
-        if new:
-            await self.store.audit.record_hold(
-                f"pause-{summary.run_id}", "pause", summary.hold, summary.actor, self.clock()
-            )
+        reason = f"undo of run {run_id} (run {summary.run_id})"
+        summary.hold, _ = await pause(self.store, self.settings.tenant_id, summary.actor, reason, self.clock())
         self.progress(f"{summary.hold.describe()}: run `python -m shared.cli resume` once the devices are sorted out")
 
     async def apply_undo(self, summary: RunSummary, changes: list[Change], request: UndoRequest) -> None:
