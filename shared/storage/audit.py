@@ -1,17 +1,21 @@
 """SmtpGuardAudit: one partition per run, a row per change made and the run's summary.
 
 Rows are only ever inserted (`create` fails on an existing row), so the trail is never rewritten.
+SmtpGuardAuditIndex points into it: by UTC day (the runs of a day) and by mailbox (the runs that
+changed an address). An index row is derived from its keys alone, so writing one again changes nothing.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableTransactionError
 
 from shared.errors import RefusedError
 from shared.model.actor import Actor
@@ -28,9 +32,12 @@ from shared.storage.tables import (
     PROPERTY_CHARS,
     SUMMARY_ROW,
     TRANSACTION_LIMIT,
+    UNINDEXED_PARTITION,
     TableClients,
     audit_change_row,
     day_partition,
+    mailbox_index_key,
+    prefix_range,
     storage_errors,
     submit,
 )
@@ -38,13 +45,26 @@ from shared.storage.tables import (
 _SUMMARY_ERRORS = 50  # the first errors of a run are kept in its summary; the rest are in the log
 
 
+@dataclass(slots=True)
+class MailboxPointers:
+    """A mailbox's rows in the index: the runs that changed it, the requests about it, its GUIDs."""
+
+    runs: list[tuple[str, str]] = field(default_factory=list)  # (run id, mailbox GUID)
+    requests: list[str] = field(default_factory=list)
+    guids: set[str] = field(default_factory=set)
+
+
 class AuditRepository:
     def __init__(self, tables: TableClients) -> None:
         self._tables = tables
         self._indexed: set[str] = set()  # `{day}/{run}` index rows this worker wrote or found
 
-    async def append(self, entries: Sequence[AuditEntry]) -> None:
-        """Append change rows, each run's in transactions of its own partition, and index their days."""
+    async def append(self, entries: Sequence[AuditEntry], *, index_mailboxes: bool = True) -> None:
+        """Append change rows, each run's in transactions of its own partition, and index them.
+
+        The day index is written first, so an export by date never misses a row. A sweep passes
+        `index_mailboxes=False`: it marks itself unindexed, and the next run indexes it (index_run).
+        """
         table = self._tables[AUDIT_TABLE]
         by_run: dict[str, list[AuditEntry]] = {}
         for entry in entries:
@@ -58,6 +78,68 @@ class AuditRepository:
                         await submit(table, [("create", entity) for entity in chunk])
                     except RefusedError:  # some exist already (a later run recovered them): insert the rest
                         await self._insert_missing(chunk)
+                if index_mailboxes:
+                    await self.index_mailboxes(run_id, [(e.change.address, e.change.guid) for e in run_entries])
+
+    async def index_mailboxes(self, run_id: str, mailboxes: Iterable[tuple[str, str]]) -> None:
+        """Index a run's change rows by mailbox: `mailboxes` holds (address, GUID) pairs.
+
+        One upsert per row, grouped by partition into full transactions: a 20,000-change run costs
+        about as many transactions as its change rows. Upserts, so indexing a run again is harmless.
+        A store not yet upgraded has no index table: the rows are left for `init` to index.
+        """
+        by_partition: dict[str, dict[str, dict[str, Any]]] = {}
+        for address, guid in mailboxes:
+            partition, prefix = mailbox_index_key(address)
+            row = {"PartitionKey": partition, "RowKey": f"{prefix}{run_id}", "RunId": run_id, "MailboxGuid": guid}
+            by_partition.setdefault(partition, {})[row["RowKey"]] = row | {"MailboxAddress": address}
+        async with storage_errors("index the audit trail by mailbox"):
+            for rows in by_partition.values():
+                entities = list(rows.values())
+                for start in range(0, len(entities), TRANSACTION_LIMIT):
+                    chunk = entities[start : start + TRANSACTION_LIMIT]
+                    try:
+                        await submit(self._tables[AUDIT_INDEX_TABLE], [("upsert", e) for e in chunk])
+                    except (ResourceNotFoundError, TableTransactionError) as err:
+                        if getattr(err, "status_code", None) != 404:
+                            raise
+                        return  # a store not yet upgraded, as in _index_days: init indexes these rows
+
+    async def mark_unindexed(self, run_id: str) -> None:
+        """Before a sweep writes its first change row: until index_run, readers scan its partition."""
+        async with storage_errors("mark the run for the mailbox index"):
+            await self._tables[AUDIT_INDEX_TABLE].upsert_entity({"PartitionKey": UNINDEXED_PARTITION, "RowKey": run_id})
+
+    async def unindexed_runs(self) -> list[str]:
+        async with storage_errors("read the audit index"):
+            return [
+                e["RowKey"]
+                async for e in self._tables[AUDIT_INDEX_TABLE].query_entities(
+                    "PartitionKey eq @pk", parameters={"pk": UNINDEXED_PARTITION}, select=["RowKey"]
+                )
+            ]
+
+    async def index_run(self, run_id: str) -> int:
+        """Index every change row of a run by mailbox, then clear its mark; returns the rows indexed."""
+        rows = await self._mailboxes_of(run_id)
+        await self.index_mailboxes(run_id, rows)
+        async with storage_errors("clear the run's mark for the mailbox index"):
+            with suppress(ResourceNotFoundError):
+                await self._tables[AUDIT_INDEX_TABLE].delete_entity(UNINDEXED_PARTITION, run_id)
+        return len(rows)
+
+    async def _mailboxes_of(self, run_id: str) -> list[tuple[str, str]]:
+        """(address, GUID) of every change row of a run."""
+        first, after = CHANGE_ROW_RANGE
+        async with storage_errors("read the run's audit rows"):
+            return [
+                (str(e.get("MailboxAddress", "")), str(e.get("MailboxGuid", "")))
+                async for e in self._tables[AUDIT_TABLE].query_entities(
+                    "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
+                    parameters={"pk": run_id, "first": first, "after": after},
+                    select=["MailboxAddress", "MailboxGuid"],
+                )
+            ]
 
     async def _insert_missing(self, entities: list[dict[str, Any]]) -> None:
         """One by one, keeping the rows already there: the trail is never rewritten, and none is lost."""
@@ -104,7 +186,15 @@ class AuditRepository:
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> AsyncIterator[AuditedChange]:
-        """Change rows, run by run and streamed. Runs are found through the day index, never a table scan."""
+        """Change rows, streamed: by mailbox through its index, else run by run through the day index.
+
+        Neither reads the whole table. A run still applying is in the mailbox index once its apply ends.
+        """
+        if address is not None:
+            async for change in self.history(address):
+                if (run_id is None or change.run_id == run_id) and _within(change.at, since, until):
+                    yield change
+            return
         first, after = CHANGE_ROW_RANGE
         odata = "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after"
         parameters: dict[str, Any] = {"first": first, "after": after}
@@ -116,9 +206,57 @@ class AuditRepository:
         async with storage_errors("read the audit trail"):
             for run in runs:
                 async for e in self._tables[AUDIT_TABLE].query_entities(odata, parameters={**parameters, "pk": run}):
-                    # Exchange's addresses keep their case; a table filter cannot compare without it.
-                    if address is None or str(e.get("MailboxAddress", "")).lower() == address.lower():
-                        yield _audited(e)
+                    yield _audited(e)
+
+    async def index_request(self, address: str, mailbox_guid: str, request_id: str) -> None:
+        """Point a mailbox's index at a request about it; written before the request, so none is missed."""
+        partition, prefix = mailbox_index_key(address)
+        row = {"PartitionKey": partition, "RowKey": f"{prefix}request-{request_id}", "RequestId": request_id}
+        row |= {"MailboxGuid": mailbox_guid, "MailboxAddress": address}
+        async with storage_errors("index the request by mailbox"):
+            with suppress(ResourceNotFoundError):  # a store not yet upgraded: init indexes its requests
+                await self._tables[AUDIT_INDEX_TABLE].upsert_entity(row)
+
+    async def pointers(self, address: str) -> MailboxPointers:
+        """What the mailbox index holds for an address: one range query, whatever the table's size."""
+        partition, prefix = mailbox_index_key(address)
+        first, after = prefix_range(prefix)
+        found = MailboxPointers()
+        async with storage_errors("read the audit index"):
+            async for e in self._tables[AUDIT_INDEX_TABLE].query_entities(
+                "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
+                parameters={"pk": partition, "first": first, "after": after},
+                select=["RunId", "RequestId", "MailboxGuid"],
+            ):
+                guid = str(e.get("MailboxGuid") or "")
+                found.guids.add(guid)
+                if e.get("RequestId"):
+                    found.requests.append(str(e["RequestId"]))
+                elif e.get("RunId"):
+                    found.runs.append((str(e["RunId"]), guid))
+        for run_id in await self.unindexed_runs():  # not yet indexed: read through (rarely more than one)
+            wanted = address.strip().lower()
+            for run_address, guid in await self._mailboxes_of(run_id):
+                if run_address.lower() == wanted and (run_id, guid) not in found.runs:
+                    found.runs.append((run_id, guid))
+                    found.guids.add(guid)
+        return found
+
+    async def history(self, address: str, pointers: MailboxPointers | None = None) -> AsyncIterator[AuditedChange]:
+        """Every change made to `address`, oldest first: one index query, then one read per run listed.
+
+        The reads grow with the mailbox's own history, never with the table.
+        """
+        pointers = pointers or await self.pointers(address)
+        changes: list[AuditedChange] = []
+        async with storage_errors("read the audit trail"):
+            for run, guid in pointers.runs:
+                try:
+                    changes.append(_audited(await self._tables[AUDIT_TABLE].get_entity(run, audit_change_row(guid))))
+                except ResourceNotFoundError:
+                    continue  # indexed, and its row is not there: nothing was recorded for it
+        for change in sorted(changes, key=lambda c: (c.at, c.run_id)):
+            yield change
 
     async def _indexed_runs(self, since: datetime | None, until: datetime | None) -> list[str]:
         """The runs of the days in [since, until], from the index (one small partition a day)."""
@@ -132,18 +270,21 @@ class AuditRepository:
             return sorted({e["RowKey"] async for e in rows})
 
     async def index_existing(self) -> int:
-        """Index the change rows written before the index existed (an upgrade to schema 2): one scan, once."""
+        """Index the change rows written before the indexes existed (an upgrade): one scan, once."""
         days: dict[str, set[str]] = {}
+        mailboxes: dict[str, list[tuple[str, str]]] = {}
         first, after = CHANGE_ROW_RANGE
         async with storage_errors("index the audit trail"):
             async for e in self._tables[AUDIT_TABLE].query_entities(
                 "RowKey ge @first and RowKey lt @after",
                 parameters={"first": first, "after": after},
-                select=["PartitionKey", "At"],
+                select=["PartitionKey", "At", "MailboxAddress", "MailboxGuid"],
             ):
                 days.setdefault(e["PartitionKey"], set()).add(day_partition(e["At"]))
+                mailboxes.setdefault(e["PartitionKey"], []).append((e["MailboxAddress"], e["MailboxGuid"]))
             for run_id, run_days in days.items():
                 await self._index_days(run_id, run_days)
+                await self.index_mailboxes(run_id, mailboxes[run_id])
         return len(days)
 
     async def has_summary(self, run_id: str) -> bool:
@@ -226,6 +367,10 @@ def _hold_properties(hold: Hold | None) -> dict[str, Any]:
     if hold is None:
         return {}
     return {"HeldBy": hold.held_by, "HoldReason": hold.reason[:PROPERTY_CHARS], "HeldAt": hold.held_at}
+
+
+def _within(at: datetime, since: datetime | None, until: datetime | None) -> bool:
+    return (since is None or at >= since) and (until is None or at < until)
 
 
 def _audited(entity: Any) -> AuditedChange:

@@ -7,6 +7,7 @@ never builds one itself, so no repository knows another's layout.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -43,7 +44,8 @@ TABLES: Final = (
 
 # The layout this code reads and writes. `init` upgrades an older store (creates the new tables and
 # records the version in the install marker); a sweep refuses a store at another version.
-SCHEMA_VERSION: Final = 2
+# 2: intents and the day index. 3: the mailbox index (init indexes the rows written before it).
+SCHEMA_VERSION: Final = 3
 TRANSACTION_LIMIT: Final = 100  # entities per table transaction
 PLAN_CHUNK_CHARS: Final = 30_000  # a string property holds at most 32K characters
 PROPERTY_CHARS: Final = 30_000  # what a free-text property is cut to
@@ -59,6 +61,20 @@ CSRF_SECRET_ROW: Final = "csrf-secret"  # noqa: S105 - the row that holds the ke
 SWEEP_PARTITION: Final = "sweep"
 LEASE_ROW: Final = "lease"
 HOLD_ROW: Final = "hold"  # in SWEEP_PARTITION: the enforcement hold, while it stands
+
+
+USAGE_PARTITION: Final = "usage-report"  # the last SMTP AUTH clients report merged by `inventory --usage-csv`
+USAGE_LATEST_ROW: Final = "latest"  # ImportId, ImportedAt, ImportedBy, Senders: which rows are current
+
+
+def usage_sender_row(address: str) -> str:
+    """A sender's row in USAGE_PARTITION (Address, Protocol, ImportId), keyed by a hash of its address."""
+    return f"sender-{address_digest(address)}"
+
+
+def address_digest(address: str) -> str:
+    """A key-safe name for any address: 32 hex characters of the SHA-256 of its lower-cased form."""
+    return hashlib.sha256(address.strip().lower().encode()).hexdigest()[:32]
 
 
 def watermark_row(mode: str) -> str:
@@ -106,6 +122,21 @@ def intent_row(batch: int) -> str:
 def day_partition(moment: datetime) -> str:
     """The runs that changed something on this UTC day (row = run id)."""
     return f"day-{utc_day(moment)}"
+
+
+MAILBOX_INDEX_BUCKETS: Final = 16  # partitions `mailbox-0` .. `mailbox-f`
+# Row = run id: a sweep whose change rows are not yet in the mailbox index (the next run indexes them).
+UNINDEXED_PARTITION: Final = "unindexed"
+
+
+def mailbox_index_key(address: str) -> tuple[str, str]:
+    """The partition and the row-key prefix of an address's index rows (row = `{prefix}{run id}`).
+
+    Keyed by a hash of the lower-cased address: any address is a valid key, and a run's rows fall into
+    16 partitions, so they are written in a few full transactions rather than one insert a mailbox.
+    """
+    digest = address_digest(address)
+    return f"mailbox-{digest[0]}", f"{digest}-"
 
 
 # -- SmtpGuardRequests ------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from shared.sweep.planner import (
     plan_changes,
     plan_mailbox,
 )
-from shared.sweep.recovery import settle_open_runs
+from shared.sweep.recovery import index_pending_runs, settle_open_runs
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class SweepRun:
                 await settle_open_runs(
                     self.store, self.exchange, self.settings.tenant_id, summary.run_id, self.clock(), self.progress
                 )
+                await index_pending_runs(self.store, summary.run_id, self.progress)
                 await body()
         except RefusedError as err:
             summary.outcome, summary.message = RunOutcome.REFUSED, str(err)
@@ -347,7 +348,8 @@ class SweepRun:
         async def audit(done: list[Change]) -> None:
             at = self.clock()
             await self.store.audit.append(
-                [AuditEntry(summary.run_id, change, actor, at, summary.plan_id) for change in done]
+                [AuditEntry(summary.run_id, change, actor, at, summary.plan_id) for change in done],
+                index_mailboxes=False,  # the next run indexes them: see index_pending_runs
             )
 
         async def intend(number: int, batch: list[Change]) -> None:
@@ -360,6 +362,7 @@ class SweepRun:
             return ApplyResult()
         self.progress(f"applying {len(changes)} changes")
         opened = OpenRun(summary.run_id, actor, summary.plan_id or "", self.clock(), self.mode.value, summary.full)
+        await self.store.audit.mark_unindexed(summary.run_id)  # before its first row: readers then scan it
         await self.store.intents.open_run(opened)
         async with self._watching_the_hold(summary, obey_hold) as stop_when:
             result = await apply_changes(

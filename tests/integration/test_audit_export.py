@@ -128,3 +128,51 @@ async def test_an_export_streams_with_flat_memory(store: Store, emulator: Emulat
     small, _ = await peak_for("20261201T000000Z-000000000001", 2_000)
     large, _ = await peak_for("20261201T000000Z-000000000002", 20_000)
     assert large < 2 * small, (small, large)  # ten times the rows, not ten times the memory
+
+
+@pytest.mark.usefixtures("app_env")
+async def test_a_mailbox_history_is_read_through_its_index_not_the_table(
+    store: Store, storage: str, emulator: EmulatorServer
+) -> None:
+    from azure.data.tables.aio import TableServiceClient
+
+    await store.state.initialise(emulator.tenant.tenant_id, "test")
+    actor, start = Actor(object_id="admin", app_id="app"), datetime(2026, 11, 1, tzinfo=UTC)
+    printer = Change("00000000-0000-4000-8000-00000000beef", "Printer@contoso.com", None, True, ChangeReason.DRIFT)
+
+    async def runs(first: int, count: int, *, with_printer: bool) -> None:
+        for n in range(first, first + count):
+            others = [
+                Change(
+                    f"{n:08d}-{i:04d}-4000-8000-000000000000", f"m{n}.{i}@contoso.com", False, True, ChangeReason.NULL
+                )
+                for i in range(30)
+            ]
+            run_id, at = f"20261101T{n:06d}Z-run{n:05d}", start + timedelta(hours=n)
+            await store.audit.append([AuditEntry(run_id, c, actor, at) for c in others + [printer] * with_printer])
+
+    requests: list[str] = []
+    counted = Store(
+        TableServiceClient.from_connection_string(
+            storage, raw_request_hook=lambda r: requests.append(r.http_request.url)
+        )
+    )
+
+    async def history() -> list[str]:
+        requests.clear()
+        found = [c.run_id async for c in counted.audit.export(address="printer@CONTOSO.com")]
+        return found
+
+    async with counted:
+        await runs(0, 3, with_printer=True)
+        small = await history()
+        reads_small = len(requests)
+        await runs(3, 40, with_printer=False)  # the table grows fourteen times, the printer's history does not
+        large = await history()
+    assert small == large == [f"20261101T{n:06d}Z-run{n:05d}" for n in range(3)]
+    # The mailbox's index rows, the runs not yet indexed (none here), then one read per run that changed it.
+    assert reads_small == len(requests) == 2 + 3
+    since = [
+        c.run_id async for c in store.audit.export(address="printer@contoso.com", since=start + timedelta(hours=1))
+    ]
+    assert since == small[1:]

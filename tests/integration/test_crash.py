@@ -32,6 +32,14 @@ async def _change_rows(storage: str) -> list[dict[str, Any]]:
         return [dict(e) async for e in table.query_entities("RowKey ge 'change-' and RowKey lt 'change.'")]
 
 
+async def _mailbox_index(storage: str) -> set[tuple[str, str]]:
+    async with TableClient.from_connection_string(storage, "SmtpGuardAuditIndex") as table:
+        rows = table.query_entities("PartitionKey ge 'mailbox-' and PartitionKey lt 'mailbox.'")
+        indexed = {(e["RunId"], e["MailboxGuid"]) async for e in rows}
+        assert [e async for e in table.query_entities("PartitionKey eq 'unindexed'")] == []
+        return indexed
+
+
 def kill_after(cli_process: Any, emulator: EmulatorServer, sent: int, **env: str) -> None:
     """Start an enforce sweep and SIGKILL it once the emulator has seen `sent` more $batch calls."""
     target = batches(emulator) + sent
@@ -84,6 +92,9 @@ def test_sigkill_at_any_point_loses_no_audit_row(
         assert row["Before"] == _tri(before[row["MailboxGuid"]]) and row["After"] == "true"
     recovered = [row for row in rows if row.get("Recovered")]
     assert recovered, "a kill after a batch landed and before its row was written must leave rows to recover"
+    # The next run indexes by mailbox every row of the runs before it, recovered or not, killed or not.
+    assert cli("sweep", "--json").code == 0
+    assert run_async(_mailbox_index(storage)) == {(row["PartitionKey"], row["MailboxGuid"]) for row in rows}
     assert all(m.smtp_client_authentication_disabled is True for m in emulator.tenant.snapshot())
 
 
