@@ -326,6 +326,9 @@ class ExchangeService:
 
     def execute(self, call: Call) -> Result:
         handler = self._cmdlets.get(call.cmdlet.lower())
+        role = self.tenant.exchange_role_cmdlets
+        if role is not None and call.cmdlet.lower() not in {c.lower() for c in role}:
+            handler = None  # outside the app's management role: Exchange does not know the term
         try:
             if handler is None:
                 raise CmdletError(

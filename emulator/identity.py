@@ -72,7 +72,7 @@ def issue_token(tenant: Tenant, client_id: str, audience: str, resource: str, ba
         "appid": client_id,
         "azp": client_id,
         "idtyp": "app",
-        "roles": RESOURCE_ROLES[resource],
+        "roles": tenant.app_roles.get(resource, RESOURCE_ROLES[resource]),
         "iat": now,
         "nbf": now,
         "exp": now + TOKEN_LIFETIME,

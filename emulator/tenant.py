@@ -295,6 +295,14 @@ class Tenant:
         self.sent_mail: list[dict[str, Any]] = []  # every message sendMail accepted
         self.teams_posts: list[dict[str, Any]] = []  # every Teams Workflows webhook post
         self.premium = True  # Entra ID P1: sign-in logs need it
+        # Application permissions granted to the app, per resource (the tokens' `roles`); None: all of
+        # identity.RESOURCE_ROLES. Graph refuses a call whose permission is missing, as Graph does.
+        self.app_roles: dict[str, list[str]] = {}
+        # An application access policy on Mail.Send: the only mailboxes the app may send as (None: any).
+        self.mail_send_scope: set[str] | None = None
+        # The cmdlets of the app's Exchange management role (None: every cmdlet the emulator knows). A
+        # cmdlet outside it answers CommandNotFoundException, as Exchange does.
+        self.exchange_role_cmdlets: set[str] | None = None
         self.security_defaults = False
         self.conditional_access_policies: list[dict[str, Any]] = []
         self._serial = 0

@@ -14,9 +14,10 @@
                   daily lifecycle; raises refusals and knows nothing of HTTP
     web/          the HTTP edge: handlers, body limits, CSRF, responses, Easy Auth's principal,
                   and refusals.py, the one table from a refusal to a status code
-    cli.py        `python -m shared.cli`, for admins and scripts
+    rollout/      the inventory of SMTP AUTH use, the bulk import of exceptions, a mailbox's history
+    cli/          `python -m shared.cli`, for admins and scripts (rollout.py: inventory, import, show)
 
 `model` imports nothing of ours. `storage` and `microsoft` import only `model`, `errors` and
 `settings`; `bootstrap` those and the adapters; `sweep` and `workflow` those and `bootstrap`;
-`web`, `cli` and `functions/` sit on top.
+`rollout` those and `workflow`; `web`, `cli` and `functions/` sit on top.
 """

@@ -228,6 +228,12 @@ def _approvers(env: Mapping[str, str]) -> tuple[str | None, frozenset[str]]:
     return group, frozenset(listed)
 
 
+def retirement_date(env: Mapping[str, str] | None = None) -> date | None:
+    """BASIC_AUTH_RETIREMENT_DATE: no Basic exception runs past it. Read on its own by the CLI's grants,
+    which need none of the other workflow settings."""
+    return _date(os.environ if env is None else env, "BASIC_AUTH_RETIREMENT_DATE")
+
+
 def _date(env: Mapping[str, str], name: str) -> date | None:
     value = _raw(env, name)
     if value is None:
@@ -249,7 +255,7 @@ def load_workflow_settings(env: Mapping[str, str] | None = None) -> WorkflowSett
         notify_from=_mail_address(env, "NOTIFY_FROM"),
         approver_group_id=group,
         approvers=approvers,
-        basic_auth_retirement_date=_date(env, "BASIC_AUTH_RETIREMENT_DATE"),
+        basic_auth_retirement_date=retirement_date(env),
         teams_workflow_url=teams,
         request_pending_days=_int(env, "REQUEST_PENDING_DAYS", DEFAULT_REQUEST_PENDING_DAYS, 1, 90),
         request_rate_limit_per_day=_int(env, "REQUEST_RATE_LIMIT_PER_DAY", DEFAULT_REQUEST_RATE_LIMIT_PER_DAY, 1, 1000),

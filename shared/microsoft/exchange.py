@@ -230,16 +230,20 @@ class ExchangeClient:
 
     # -- cmdlets -----------------------------------------------------------------------------------
 
-    async def iter_cas_mailboxes(self, changed_since: datetime | None = None) -> AsyncIterator[list[MailboxState]]:
+    async def iter_cas_mailboxes(
+        self, changed_since: datetime | None = None, *, with_user: bool = False
+    ) -> AsyncIterator[list[MailboxState]]:
         """Every CAS mailbox, or those changed since a moment, a page at a time, with their state.
 
         WhenChanged moves when a mailbox is provisioned and when its CAS settings change, so the
-        filtered listing catches new, late-provisioned and drifted mailboxes alike.
+        filtered listing catches new, late-provisioned and drifted mailboxes alike. `with_user` adds
+        each mailbox's Entra object id (the inventory matches sign-ins by it; the sweeps need none).
         """
         parameters: dict[str, Any] = {"ResultSize": "Unlimited"}
         if changed_since is not None:
             parameters["Filter"] = f"WhenChangedUTC -ge '{opath_datetime(changed_since)}'"
-        async for page in self.iter_pages("Get-CASMailbox", parameters, CAS_SELECT):
+        select = ONE_MAILBOX_SELECT if with_user else CAS_SELECT
+        async for page in self.iter_pages("Get-CASMailbox", parameters, select):
             yield [_mailbox_state(item) for item in page]
 
     async def get_transport_config(self) -> dict[str, Any]:
@@ -262,77 +266,107 @@ class ExchangeClient:
             items = await self.invoke("Get-Recipient", {"Identity": identity}, RECIPIENT_SELECT)
         except MailboxNotFoundError:
             return None
-        if not items:
-            return None
-        item = items[0]
-        return Recipient(
-            guid=str(item.get("Guid") or ""),
-            address=str(item.get("PrimarySmtpAddress") or "").lower(),
-            object_id=object_id(item.get("ExternalDirectoryObjectId")),
-            type=str(item.get("RecipientTypeDetails") or ""),
-        )
+        return _recipient(items[0]) if items else None
+
+    async def find_mailboxes(self, identities: Sequence[str]) -> list[MailboxState | None]:
+        """find_mailbox for many, ten to a $batch."""
+        found = await self.get_each("Get-CASMailbox", identities, ONE_MAILBOX_SELECT)
+        return [_mailbox_state(item) if item else None for item in found]
+
+    async def find_recipients(self, identities: Sequence[str]) -> list[Recipient | None]:
+        """find_recipient for many, ten to a $batch."""
+        found = await self.get_each("Get-Recipient", identities, RECIPIENT_SELECT)
+        return [_recipient(item) if item else None for item in found]
 
     async def set_smtp_auth_disabled(self, identity: str, value: bool | None) -> None:
         _literal_identity(identity)
         await self._post(self._invoke_url(None), _set_body(identity, value), "Set-CASMailbox")
 
     async def set_smtp_auth_disabled_batch(self, items: Sequence[tuple[str, bool | None]]) -> list[SetOutcome]:
-        """Set up to 10 mailboxes in one $batch.
+        """Set up to 10 mailboxes in one $batch."""
+        bodies = [_set_body(identity, value) for identity, value in items]
+        answers = await self._batch("Set-CASMailbox", bodies, self._invoke_url(None))
+        return [SetOutcome(i, value, error) for (i, value), (_, error) in zip(items, answers, strict=True)]
+
+    async def get_each(
+        self, cmdlet: str, identities: Sequence[str], select: Sequence[str] | None = None
+    ) -> list[dict[str, Any] | None]:
+        """One Get per identity, ten to a $batch and a few batches at once: each one's object, in order,
+        or None where Exchange has no such object. Any other failure raises."""
+        for identity in identities:
+            _literal_identity(identity)
+        url = self._invoke_url(select)
+
+        async def chunk(start: int) -> list[dict[str, Any] | None]:
+            part = identities[start : start + BATCH_LIMIT]
+            answers = await self._batch(cmdlet, [_cmdlet_body(cmdlet, {"Identity": i}) for i in part], url)
+            found: list[dict[str, Any] | None] = []
+            for body, error in answers:
+                if isinstance(error, MailboxNotFoundError):
+                    found.append(None)
+                elif error is not None:
+                    raise error
+                else:
+                    value = body.get("value") if isinstance(body, dict) else None
+                    found.append(value[0] if isinstance(value, list) and value else None)
+            return found
+
+        results: list[dict[str, Any] | None] = []
+        starts = list(range(0, len(identities), BATCH_LIMIT))
+        for group in range(0, len(starts), self._concurrency):  # the tenant gate bounds them anyway
+            for part in await asyncio.gather(*(chunk(s) for s in starts[group : group + self._concurrency])):
+                results.extend(part)
+        return results
+
+    async def _batch(
+        self, cmdlet: str, bodies: Sequence[dict[str, Any]], url: str
+    ) -> list[tuple[Any, ExchangeCommandError | None]]:
+        """Up to 10 InvokeCommand bodies in one $batch: each answer's body, or its error, in order.
 
         Sub-requests that come back throttled or failing are sent again in a smaller batch after
         their Retry-After (or a jittered backoff); the pipeline cannot see them.
         """
-        if len(items) > BATCH_LIMIT:
+        if len(bodies) > BATCH_LIMIT:
             raise ValueError(f"a $batch holds at most {BATCH_LIMIT} sub-requests")
-        pending = {str(index): item for index, item in enumerate(items)}
-        outcomes: dict[str, SetOutcome] = {}
+        pending = {str(index): body for index, body in enumerate(bodies)}
+        answers: dict[str, tuple[Any, ExchangeCommandError | None]] = {}
         for attempt in range(1, BATCH_ITEM_ATTEMPTS + 1):
-            body = {
-                "requests": [
-                    {
-                        "id": key,
-                        "method": "POST",
-                        "url": self._invoke_url(None),
-                        "headers": {"Content-Type": "application/json"},
-                        "body": _set_body(identity, value),
-                    }
-                    for key, (identity, value) in pending.items()
-                ]
-            }
+            requests = [
+                {"id": key, "method": "POST", "url": url, "headers": {"Content-Type": "application/json"}, "body": body}
+                for key, body in pending.items()
+            ]
             try:
-                payload = await self._post(f"{self._base}/$batch", body, "Set-CASMailbox")
+                payload = await self._post(f"{self._base}/$batch", {"requests": requests}, cmdlet)
             except ExchangeError as err:
-                if not outcomes:
-                    raise  # nothing landed: the whole batch failed
-                # Some did land: keep them (they get audit rows) and fail only those still pending.
-                failure = ExchangeCommandError("Set-CASMailbox", 0, type(err).__name__, str(err))
-                for key, (identity, value) in pending.items():
-                    outcomes[key] = SetOutcome(identity, value, failure)
+                if not answers:
+                    raise  # nothing was answered: the whole batch failed
+                # Some were answered (a Set landed): keep them, and fail only those still pending.
+                failure = ExchangeCommandError(cmdlet, 0, type(err).__name__, str(err))
+                answers.update((key, (None, failure)) for key in pending)
                 break
             wait = 0.0
             responses = payload.get("responses")
             answered = {str(r.get("id")): r for r in responses or [] if isinstance(r, dict)}
             for key in list(pending):
-                identity, value = pending[key]
                 response = answered.get(key)
                 status = response.get("status") if response else 0
                 status = status if isinstance(status, int) else 0  # a malformed answer counts as none
+                body = response.get("body") if response else None
                 if 200 <= status < 300:
-                    outcomes[key] = SetOutcome(identity, value)
+                    answers[key] = (body, None)
                     del pending[key]
                     continue
-                error = command_error("Set-CASMailbox", status, response.get("body") if response else None)
                 if status in _TRANSIENT or response is None:
                     wait = max(wait, _retry_after(response) or jittered(attempt, BACKOFF_FIRST, BACKOFF_MOST))
                     if attempt < BATCH_ITEM_ATTEMPTS:
                         continue
-                outcomes[key] = SetOutcome(identity, value, error)
+                answers[key] = (None, command_error(cmdlet, status, body))
                 del pending[key]
             if not pending:
                 break
-            logger.info("re-batching %d throttled Set-CASMailbox calls after %.2fs", len(pending), wait)
+            logger.info("re-batching %d throttled %s calls after %.2fs", len(pending), cmdlet, wait)
             await asyncio.sleep(wait)
-        return [outcomes[str(index)] for index in range(len(items))]
+        return [answers[str(index)] for index in range(len(bodies))]
 
 
 # -- payloads ----------------------------------------------------------------------------------------
@@ -364,6 +398,15 @@ def _mailbox_state(item: Mapping[str, Any]) -> MailboxState:
         address=str(item.get("PrimarySmtpAddress", "")),
         smtp_auth_disabled=value,
         user_id=object_id(item.get("ExternalDirectoryObjectId")),
+    )
+
+
+def _recipient(item: Mapping[str, Any]) -> Recipient:
+    return Recipient(
+        guid=str(item.get("Guid") or ""),
+        address=str(item.get("PrimarySmtpAddress") or "").lower(),
+        object_id=object_id(item.get("ExternalDirectoryObjectId")),
+        type=str(item.get("RecipientTypeDetails") or ""),
     )
 
 

@@ -32,6 +32,7 @@ class ExceptionRecord:
     approved_by: str
     approved_at: datetime
     revoked_at: datetime | None = None
+    revoked_by: str = ""
     owner_id: str = ""  # the owner's Entra object id; empty on records written before it was kept
 
     def is_active(self, now: datetime) -> bool:

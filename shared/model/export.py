@@ -1,7 +1,6 @@
 """The audit export's format: one record per change, the same columns in JSON and CSV.
 
-CSV cells that a spreadsheet would read as a formula are neutralised (OWASP's advice for CSV
-injection): a cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`.
+CSV cells that a spreadsheet would read as a formula are neutralised (shared.model.spreadsheet).
 """
 
 from __future__ import annotations
@@ -9,9 +8,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 from shared.model.runs import AuditedChange, tri_state
+from shared.model.spreadsheet import spreadsheet_safe
 
 COLUMNS: Final = ("run_id", "at", "mailbox", "mailbox_guid", "before", "after", "reason", "actor", "recovered")
-_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
 def as_json(change: AuditedChange) -> dict[str, Any]:
@@ -37,7 +36,3 @@ def as_csv(change: AuditedChange) -> list[str]:
         for k, v in record.items()
     ]
     return [spreadsheet_safe(cell) for cell in cells]
-
-
-def spreadsheet_safe(cell: str) -> str:
-    return f"'{cell}" if cell.startswith(_FORMULA_STARTS) else cell

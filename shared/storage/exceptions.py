@@ -23,6 +23,16 @@ class ExceptionRepository:
         async with storage_errors("read the exceptions"):
             return [_from_entity(e) async for e in self._tables[EXCEPTIONS_TABLE].list_entities()]
 
+    async def of_mailbox(self, mailbox_guid: str) -> list[ExceptionRecord]:
+        """Every record of one mailbox, whatever its status: one partition."""
+        async with storage_errors("read the mailbox's exceptions"):
+            return [
+                _from_entity(e)
+                async for e in self._tables[EXCEPTIONS_TABLE].query_entities(
+                    "PartitionKey eq @pk", parameters={"pk": mailbox_guid}
+                )
+            ]
+
     async def get(self, exception_id: str) -> ExceptionRecord | None:
         async with storage_errors("read the exception"):
             found = [
@@ -112,4 +122,5 @@ def _from_entity(entity: dict[str, Any]) -> ExceptionRecord:
         approved_by=entity.get("ApprovedBy", ""),
         approved_at=entity["ApprovedAt"],
         revoked_at=entity.get("RevokedAt"),
+        revoked_by=entity.get("RevokedBy", ""),
     )

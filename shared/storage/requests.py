@@ -90,6 +90,10 @@ class RequestRepository:
                 )
             ]
 
+    async def every(self) -> list[ExceptionRequest]:
+        """Every request ever stored (a scan: for the upgrade that indexes them, once)."""
+        return await self.query("RowKey eq @rk", {"rk": REQUEST_ROW})
+
     async def update(self, request: ExceptionRequest, etag: str, notify: Sequence[OutboxItem] = ()) -> None:
         """Replace the request if nobody changed it since `etag`, and enqueue `notify`, atomically.
 

@@ -19,6 +19,7 @@ from shared.storage.plans import PlanRepository
 from shared.storage.requests import RequestRepository
 from shared.storage.state import StateRepository
 from shared.storage.tables import TableClients
+from shared.storage.usage import UsageReportRepository
 
 
 class Store:
@@ -34,6 +35,7 @@ class Store:
         self.intents = IntentRepository(tables)
         self.outbox = OutboxRepository(tables)
         self.requests = RequestRepository(tables, self.outbox)
+        self.usage = UsageReportRepository(tables)
 
     async def __aenter__(self) -> Self:
         return self

@@ -26,13 +26,13 @@ from shared.web.csrf import CSRF_FIELD, check_csrf, check_same_origin, csrf_toke
 from shared.web.principal import principal_from_headers
 from shared.web.refusals import ANSWERED, http_error
 from shared.web.responses import LINK_CODE_HEADERS, HttpError, html, json_response, redirect
+from shared.workflow.grants import longest_days
 from shared.workflow.requests import (
     FIELDS,
     decide,
     gather_evidence,
     grantable_days,
     is_approver,
-    longest_days,
     own_stake,
     public_request,
     revoke,

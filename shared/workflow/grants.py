@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 
 from shared.errors import GuardError, InputError, first_line
 from shared.microsoft.exchange import ExchangeClient
 from shared.model.actor import Actor
+from shared.model.clock import utc_now
 from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
-from shared.model.mailbox import Change, ChangeReason, Recipient
+from shared.model.mailbox import Change, ChangeReason, MailboxState, Recipient
 from shared.model.runs import AuditEntry
 from shared.settings import EnforcementMode
 from shared.storage import Store
@@ -48,25 +49,52 @@ def validate_grant(
     device: str | None,
     auth: str | None,
     max_days: int,
+    retirement: date | None = None,
+    now: datetime | None = None,
 ) -> ExceptionGrant:
+    """Every rule of a grant but Exchange's; InputError names the first bad field.
+
+    A Basic exception runs no later than Microsoft's retirement date of Basic, when it is known.
+    """
+    auth_method = choice("auth", auth or AuthMethod.OAUTH.value, AuthMethod)
+    longest = longest_days(auth_method, max_days, retirement, now or utc_now())
+    if longest < 1:
+        raise InputError("auth", f"Basic SMTP AUTH retires on {retirement}: grant an OAuth exception instead")
     return ExceptionGrant(
         mailbox=mailbox_address("mailbox", mailbox),
-        days=whole_number("days", days, 1, max_days),
+        days=whole_number("days", days, 1, longest),
         reason=free_text("reason", reason, max_length=MAX_REASON, required=True),
         owner=mailbox_address("owner", owner) if owner else "",
         device=free_text("device", device, max_length=MAX_DEVICE, required=False),
-        auth_method=choice("auth", auth or AuthMethod.OAUTH.value, AuthMethod),
+        auth_method=auth_method,
     )
+
+
+def longest_days(auth: AuthMethod, max_days: int, retirement: date | None, now: datetime) -> int:
+    """No Basic exception runs past Microsoft's retirement date, when it is known."""
+    if auth is AuthMethod.BASIC and retirement is not None:
+        end = datetime.combine(retirement, time.min, UTC)
+        return max(0, min(max_days, (end - now).days))
+    return max_days
 
 
 async def resolve_owner(exchange: ExchangeClient, address: str) -> Recipient:
     """The owner as Exchange knows them; InputError("owner") for an unknown or external address."""
     recipient = await exchange.find_recipient(address)
-    if recipient is None:
-        raise InputError("owner", f"Exchange has no recipient {address}")
-    if not recipient.object_id or recipient.type.lower() not in _PERSON_TYPES:
-        raise InputError("owner", f"{address} is not a user of this tenant")
+    problem = owner_problem(address, recipient)
+    if problem:
+        raise InputError("owner", problem)
+    assert recipient is not None
     return recipient
+
+
+def owner_problem(address: str, recipient: Recipient | None) -> str:
+    """Why this recipient cannot own an exception ("" when it can)."""
+    if recipient is None:
+        return f"Exchange has no recipient {address}"
+    if not recipient.object_id or recipient.type.lower() not in _PERSON_TYPES:
+        return f"{address} is not a user of this tenant"
+    return ""
 
 
 async def grant_exception(
@@ -83,7 +111,16 @@ async def grant_exception(
     if mailbox is None:
         raise InputError("mailbox", f"Exchange has no mailbox {grant.mailbox}")
     owner = await resolve_owner(exchange, grant.owner) if grant.owner else None
-    record = ExceptionRecord(
+    record = exception_record(grant, mailbox, owner, approved_by, now)
+    superseded = await store.exceptions.grant(record, created_by=approved_by)
+    return record, superseded
+
+
+def exception_record(
+    grant: ExceptionGrant, mailbox: MailboxState, owner: Recipient | None, approved_by: str, now: datetime
+) -> ExceptionRecord:
+    """The record a grant stores, for a mailbox and an owner Exchange has resolved."""
+    return ExceptionRecord(
         id=str(uuid.uuid4()),
         mailbox_guid=mailbox.guid,
         mailbox_address=mailbox.address.lower() or grant.mailbox,
@@ -97,8 +134,6 @@ async def grant_exception(
         approved_by=approved_by,
         approved_at=now,
     )
-    superseded = await store.exceptions.grant(record, created_by=approved_by)
-    return record, superseded
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,14 +35,16 @@ from shared.errors import (
     RefusedError,
     UnknownTargetError,
 )
-from shared.microsoft.graph import Evidence, sign_in_window
+from shared.microsoft.graph import Evidence
 from shared.model.actor import Actor
 from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
 from shared.model.mailbox import ChangeReason, MailboxState, Recipient
 from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
 from shared.model.principal import Principal
 from shared.model.requests import AlternativesReason, ExceptionRequest, RequestStatus, SenderKind
-from shared.workflow.grants import resolve_owner, revoke_and_switch_off, switch_smtp_auth
+from shared.model.usage import SIGN_IN_DAYS_MAX, SignIn, SmtpUsage
+from shared.workflow.evidence import SignInEvidence, read_sign_ins
+from shared.workflow.grants import longest_days, resolve_owner, revoke_and_switch_off, switch_smtp_auth
 from shared.workflow.validation import choice, free_text, mailbox_address, whole_number
 
 logger = logging.getLogger(__name__)
@@ -86,14 +88,6 @@ class RequestDraft:
     contact: str
     ticket: str
     renews: str
-
-
-def longest_days(auth: AuthMethod, max_days: int, retirement: date | None, now: datetime) -> int:
-    """No Basic exception runs past Microsoft's retirement date, when it is known."""
-    if auth is AuthMethod.BASIC and retirement is not None:
-        end = datetime.combine(retirement, time.min, UTC)
-        return max(0, min(max_days, (end - now).days))
-    return max_days
 
 
 def validate_request(
@@ -210,6 +204,7 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
     )
     try:
         notices = _submission_notices(c, request, now)
+        await c.store.audit.index_request(request.mailbox_address, request.mailbox_guid, request.id)
         await c.store.requests.create(request, notices, c.workflow.request_rate_limit_per_day)
     except GuardError as err:
         await release_reservations(c, request)
@@ -534,7 +529,17 @@ class ApprovalEvidence:
     auth_policy: Evidence  # of AuthPolicyFinding; empty for OAuth requests, which no Basic blocker concerns
     security_defaults: Evidence
     legacy_auth_blocks: Evidence
-    sign_ins: Evidence
+    sign_ins: SignInEvidence  # the mailbox's Basic SMTP AUTH sign-ins, successes and failures apart
+    protocol: Evidence  # of Protocol: what the last SMTP AUTH clients report showed for it, if any
+    keys: tuple[str, ...] = ()  # what the mailbox's sign-ins are matched by
+
+    @property
+    def usage(self) -> SmtpUsage | None:
+        return self.sign_ins.usage(*self.keys)
+
+    def recent_uses(self, limit: int = 10) -> list[SignIn]:
+        """The latest successful sign-ins (failures are shown only as counts: their IPs are attackers')."""
+        return [s for s in self.sign_ins.of(*self.keys) if s.succeeded][:limit]
 
 
 def _policy_named(policies: list[dict[str, Any]], reference: str) -> dict[str, Any] | None:
@@ -588,14 +593,23 @@ async def gather_evidence(c: Clients, request: ExceptionRequest, now: datetime) 
         return Evidence()
 
     basic = request.auth_method is AuthMethod.BASIC  # the blockers below stop Basic only
-    mailbox_ev, owner_ev, org, policy, defaults, ca, sign_ins = await asyncio.gather(
+
+    async def sign_ins() -> SignInEvidence:
+        try:
+            user = {"user_id": request.mailbox_user_id, "upn": request.mailbox_address}
+            return await read_sign_ins(c.graph, now, SIGN_IN_DAYS_MAX, **user)
+        except GuardError as err:
+            return SignInEvidence(now, unavailable=f"not available: sign-in logs could not be read ({err})")
+
+    mailbox_ev, owner_ev, org, policy, defaults, ca, protocol, signed_in = await asyncio.gather(
         guarded(c.exchange.find_mailbox(request.mailbox_guid), "the mailbox"),
         guarded(c.graph.get_user(request.mailbox_address), "the mailbox owner"),
         guarded(org_flag(), "the organisation flag"),
         guarded(_auth_policy(c, request.mailbox_guid), "authentication policies") if basic else not_needed(),
         guarded(c.graph.security_defaults(), "security defaults") if basic else not_needed(),
         guarded(c.graph.legacy_auth_blocks(), "Conditional Access") if basic else not_needed(),
-        guarded(c.graph.smtp_sign_ins(request.mailbox_address, sign_in_window(now)), "sign-in logs"),
+        guarded(c.store.usage.protocol_of(request.mailbox_address), "the SMTP AUTH clients report"),
+        sign_ins(),
     )
     owner = owner_ev.value
     return ApprovalEvidence(
@@ -605,7 +619,9 @@ async def gather_evidence(c: Clients, request: ExceptionRequest, now: datetime) 
         auth_policy=policy,
         security_defaults=defaults,
         legacy_auth_blocks=ca,
-        sign_ins=sign_ins,
+        sign_ins=signed_in,
+        protocol=protocol,
+        keys=(request.mailbox_user_id, request.mailbox_address),
     )
 
 

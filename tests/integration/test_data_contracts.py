@@ -215,6 +215,7 @@ async def test_every_stored_exception_is_mapped(store: Store, contracts: Loaded)
             approved_by=row["ApprovedBy"],
             approved_at=row["ApprovedAt"],
             revoked_at=row.get("RevokedAt"),
+            revoked_by=row.get("RevokedBy", ""),
             owner_id=row["OwnerId"],
         )
     assert records[A_APPROVED].is_active(contracts.now)

@@ -21,6 +21,7 @@ from shared.errors import DailyLimitError
 from shared.model.exception_records import AuthMethod
 from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
 from shared.model.requests import AlternativesReason, ExceptionRequest, RequestStatus, SenderKind
+from shared.model.usage import Protocol
 from shared.storage import Store
 from tests.workflow_support import (
     People,
@@ -713,7 +714,7 @@ async def test_a_request_that_cannot_be_stored_leaves_no_notice_behind(store: St
 
 
 async def test_the_approval_page_shows_what_would_make_a_basic_approval_useless(
-    people: People, emulator: EmulatorServer
+    people: People, emulator: EmulatorServer, store: Store
 ) -> None:
     tenant = emulator.tenant
     tenant.authentication_policies = [
@@ -727,6 +728,11 @@ async def test_the_approval_page_shows_what_would_make_a_basic_approval_useless(
     tenant.block_legacy_auth_policy()
     two_days_ago = datetime.now(UTC) - timedelta(days=2)
     tenant.add_signin(people.printer.primary_smtp_address, when=two_days_ago, ip="198.51.100.7")
+    for _ in range(3):  # password spray: counted apart, its IP never shown
+        tenant.add_signin(
+            people.printer.primary_smtp_address, when=two_days_ago, ip="192.0.2.66", status_error_code=50126
+        )
+    await store.usage.remember({people.printer.primary_smtp_address: Protocol.BOTH}, "admin", datetime.now(UTC))
 
     request_id = await submitted_request(people, auth_method="basic")
     link = f"/api/approvals/{request_id}"
@@ -741,6 +747,9 @@ async def test_the_approval_page_shows_what_would_make_a_basic_approval_useless(
     assert "Security defaults are on: they block Basic authentication." in text
     assert "Conditional Access policies block legacy authentication: Block legacy authentication." in text
     assert "198.51.100.7" in text and "success" in text  # the recent SMTP AUTH sign-in
+    assert "Successful Basic SMTP AUTH sign-ins: 1, the last on" in text
+    assert "Failed sign-ins (mostly password spray, never counted as use): 3" in text and "192.0.2.66" not in text
+    assert "The last SMTP AUTH clients report shows this sender using <strong>both</strong>" in text
 
     tenant.assign_authentication_policy(people.printer.guid, None)
     assert "Authentication policy Allow Basic SMTP (the organisation's default) allows Basic SMTP AUTH." in (

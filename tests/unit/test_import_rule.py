@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "shared.sweep": USE_CASES,
     "shared.workflow": USE_CASES,
     "shared.web": {*USE_CASES, "shared.workflow"},
-    "shared.cli": {*USE_CASES, "shared.sweep", "shared.workflow"},
+    "shared.rollout": {*USE_CASES, "shared.workflow"},
+    "shared.cli": {*USE_CASES, "shared.sweep", "shared.workflow", "shared.rollout"},
     "functions": {*USE_CASES, "shared.sweep", "shared.workflow", "shared.web"},
     "function_app": {"functions"},
 }

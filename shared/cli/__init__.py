@@ -14,18 +14,18 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
-from enum import IntEnum
-from pathlib import Path
 from typing import Any, TextIO
 
 from shared.bootstrap import Connections, connect
+from shared.cli import rollout
+from shared.cli.console import Exit, Parser, complete_or_nothing, progress_to
 from shared.errors import GuardError, InputError, RefusedError
 from shared.microsoft.identity import actor_for
 from shared.model import export
 from shared.model.clock import utc_now
 from shared.model.exception_records import AuthMethod, ExceptionRecord
 from shared.model.runs import AuditedChange, RunOutcome, RunSummary, tri_state
-from shared.settings import EnforcementMode, Settings, SettingsError, load_settings
+from shared.settings import EnforcementMode, Settings, SettingsError, load_settings, retirement_date
 from shared.storage import TABLES, InstallStep
 from shared.sweep import hold
 from shared.sweep.engine import SweepRequest, run_sweep
@@ -34,13 +34,6 @@ from shared.workflow.grants import MAX_REASON, active_mailboxes, grant_exception
 from shared.workflow.validation import free_text, mailbox_address, whole_number
 
 PLAN_LINES = 25  # changes printed for a human; --json and the plan table hold all of them
-
-
-class Exit(IntEnum):
-    OK = 0
-    FAILED = 1
-    BAD_INPUT = 2
-    REFUSED = 3
 
 
 _OUTCOME_EXIT = {
@@ -54,15 +47,9 @@ _OUTCOME_EXIT = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, not the usage block
-        sys.stderr.write(f"error: {message} (see --help)\n")
-        raise SystemExit(Exit.BAD_INPUT)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m shared.cli", description="SMTP AUTH Guard: keep SMTP AUTH off.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m shared.cli", description="SMTP AUTH Guard: keep SMTP AUTH off.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     commands.add_parser("init", help="create the tables and the install marker (idempotent)")
 
@@ -73,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--json", action="store_true", help="print the result as JSON")
 
     exceptions = commands.add_parser("exceptions", help="manage SMTP AUTH exceptions")
-    actions = exceptions.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions = exceptions.add_subparsers(dest="action", required=True, parser_class=Parser)
     add = actions.add_parser("add", help="grant an exception (for example to grandfather a device)")
     add.add_argument("--mailbox", required=True, metavar="ADDRESS")
     add.add_argument("--days", required=True, metavar="N")
@@ -89,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "be reached the revocation stands, the exit is 1 and it says whether the next sweep will switch it off",
     )
     revoke.add_argument("--mailbox", required=True, metavar="ADDRESS")
+    rollout.add_commands(commands, actions)
     _add_rollout_commands(commands)
     return parser
 
@@ -109,7 +97,7 @@ def _add_rollout_commands(commands: Any) -> None:
     undo.add_argument("--json", action="store_true", help="print the result as JSON")
 
     audit = commands.add_parser("audit", help="read the audit trail")
-    audit_actions = audit.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    audit_actions = audit.add_subparsers(dest="action", required=True, parser_class=Parser)
     export = audit_actions.add_parser(
         "export", help="every change row, streamed: one JSON array (default) or CSV with a header; filters combine"
     )
@@ -132,6 +120,8 @@ def _add_rollout_commands(commands: Any) -> None:
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "doctor":  # it loads the settings itself, and reports a bad one as a check
+            return asyncio.run(rollout.doctor(args, out))
         settings = load_settings()
         return asyncio.run(_dispatch(args, settings, out, err))
     except (SettingsError, InputError) as error:
@@ -156,21 +146,13 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, out: TextIO, e
         "undo": _undo,
         "pause": _pause,
         "resume": _resume,
+        "inventory": rollout.inventory,
+        "import": rollout.exceptions_import,
+        "show": rollout.exceptions_show,
     }
     name = args.action if args.command in ("exceptions", "audit") else args.command
     async with connect(settings) as connections:
         return await handlers[name](args, settings, connections, out, err)
-
-
-def _progress(err: TextIO) -> Callable[[str], None]:
-    interactive = err.isatty()
-
-    def show(message: str) -> None:
-        if interactive:
-            err.write(f"  {message}\n")
-            err.flush()
-
-    return show
 
 
 async def _init(
@@ -180,8 +162,10 @@ async def _init(
     store = connections.store
     indexed: list[int] = []
 
-    async def index_older_rows() -> None:  # the audit rows written before the day index existed
+    async def index_older_rows() -> None:  # the rows written before the indexes existed
         indexed.append(await store.audit.index_existing())
+        for request in await store.requests.every():
+            await store.audit.index_request(request.mailbox_address, request.mailbox_guid, request.id)
 
     marker, step = await store.state.initialise(settings.tenant_id, str(actor), index_older_rows)
     out.write(
@@ -201,7 +185,7 @@ async def _sweep(
         mode=EnforcementMode(args.mode) if args.mode else None,
         confirm_plan=args.confirm_plan,
     )
-    summary = await run_sweep(settings, request, connections=connections, progress=_progress(err))
+    summary = await run_sweep(settings, request, connections=connections, progress=progress_to(err))
     if args.json:
         json.dump(summary_json(summary), out, indent=2, default=str)  # streamed: plans can be large
         out.write("\n")
@@ -264,6 +248,7 @@ async def _exceptions_add(
         device=args.device,
         auth=args.auth,
         max_days=settings.exception_max_days,
+        retirement=retirement_date(),
     )
     actor = await actor_for(connections.credential, settings.exchange_scope)
     record, superseded = await grant_exception(
@@ -344,7 +329,7 @@ async def _undo(
         days = whole_number("--grant-days", args.grant_days, 1, settings.exception_max_days)
         grant = Grant(days, free_text("--reason", args.reason, max_length=MAX_REASON, required=True))
     request = UndoRequest(args.run, EnforcementMode(args.mode), args.confirm_plan, grant)
-    summary = await run_undo(settings, request, connections=connections, progress=_progress(err))
+    summary = await run_undo(settings, request, connections=connections, progress=progress_to(err))
     if args.json:
         json.dump(summary_json(summary), out, indent=2, default=str)
         out.write("\n")
@@ -370,11 +355,8 @@ async def _audit_export(
     if args.output is None:
         count = await _write_export(rows, args.format, out)
     else:
-        target = Path(args.output)
-        partial = target.with_name(f"{target.name}.partial")  # renamed once complete: never a half export
-        with partial.open("w", encoding="utf-8", newline="") as file:
+        with complete_or_nothing(args.output) as file:  # never a half export
             count = await _write_export(rows, args.format, file)
-        partial.replace(target)
     if err.isatty() or args.output is not None:
         err.write(f"exported {count} changes\n")
     return Exit.OK
@@ -430,7 +412,3 @@ async def _resume(
         "not paused: nothing to resume\n" if lifted is None else f"resumed: lifted the hold set by {lifted.held_by}\n"
     )
     return Exit.OK
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
