@@ -355,7 +355,7 @@ async def _audit_export(
     if args.output is None:
         count = await _write_export(rows, args.format, out)
     else:
-        with complete_or_nothing(args.output) as file:  # never a half export
+        with complete_or_nothing("--output", args.output) as file:  # never a half export
             count = await _write_export(rows, args.format, file)
     if err.isatty() or args.output is not None:
         err.write(f"exported {count} changes\n")

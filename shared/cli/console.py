@@ -10,6 +10,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, TextIO
 
+from shared.errors import InputError
+
 
 class Exit(IntEnum):
     OK = 0
@@ -36,11 +38,24 @@ def progress_to(err: TextIO) -> Callable[[str], None]:
     return show
 
 
-@contextmanager
-def complete_or_nothing(path: str) -> Iterator[TextIO]:
-    """Write `path` whole or not at all: a `.partial` file renamed once complete."""
+def writable(field: str, path: str) -> Path:
+    """Check an output path before the work that fills it: a missing folder is a one-line error now."""
     target = Path(path)
+    if target.is_dir() or not target.parent.is_dir():
+        raise InputError(field, f"cannot write {path}: {'it is a folder' if target.is_dir() else 'no such folder'}")
+    return target
+
+
+@contextmanager
+def complete_or_nothing(field: str, path: str) -> Iterator[TextIO]:
+    """Write `path` whole or not at all: a `.partial` file, renamed once complete, removed on failure."""
+    target = writable(field, path)
     partial = target.with_name(f"{target.name}.partial")
-    with partial.open("w", encoding="utf-8", newline="") as file:
-        yield file
-    partial.replace(target)
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as file:
+            yield file
+        partial.replace(target)
+    except OSError as err:
+        raise InputError(field, f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        partial.unlink(missing_ok=True)

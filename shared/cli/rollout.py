@@ -9,18 +9,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from shared.bootstrap import Connections, open_graph
-from shared.cli.console import Exit, complete_or_nothing, progress_to
+from shared.cli.console import Exit, complete_or_nothing, progress_to, writable
 from shared.errors import InputError
 from shared.microsoft.identity import actor_for
 from shared.model import inventory as rows_of
 from shared.model.clock import utc_now
 from shared.rollout import history as histories
-from shared.rollout.doctor import run_doctor
 from shared.rollout.exception_import import ERRORS_SHOWN, import_exceptions
 from shared.rollout.history import mailbox_history
 from shared.rollout.inventory import Inventory, take_inventory
 from shared.settings import Settings, retirement_date
-from shared.workflow.evidence import sign_in_days, usage_report
+from shared.workflow.evidence import FAILURE_PAGES, sign_in_days, usage_report
 from shared.workflow.validation import mailbox_address
 
 TABLE_ROWS = 200  # rows printed on a terminal; --json and --csv hold all of them
@@ -29,8 +28,9 @@ TABLE_ROWS = 200  # rows printed on a terminal; --json and --csv hold all of the
 def add_commands(commands: Any, exception_actions: Any) -> None:
     inventory = commands.add_parser(
         "inventory",
-        help="reads only: every mailbox with SMTP AUTH effectively on or used lately, with its Basic SMTP "
-        "sign-ins (successes and failures apart) and, from --usage-csv, its protocol",
+        help="reads Exchange and Graph only: every mailbox with SMTP AUTH effectively on or used lately, with "
+        "its Basic SMTP sign-ins (successes and failures apart) and, from --usage-csv (kept for the approval "
+        "page), its protocol",
     )
     inventory.add_argument("--days", metavar="N", help="sign-ins of the last N days (1-30, default 30)")
     inventory.add_argument(
@@ -77,6 +77,8 @@ async def inventory(
 ) -> int:
     days = sign_in_days(args.days)
     protocols = usage_report(read_text("--usage-csv", args.usage_csv)) if args.usage_csv else None
+    if args.csv:
+        writable("--csv", args.csv)  # before the scan, not after it
     now = utc_now()
     found = await take_inventory(
         connections.store,
@@ -93,8 +95,10 @@ async def inventory(
         await connections.store.usage.remember(protocols, str(actor), now)
     if found.sign_ins_unavailable:
         err.write(f"warning: {found.sign_ins_unavailable}; the rows are listed without sign-in counts\n")
+    if found.failures_capped:
+        err.write(f"warning: more than {FAILURE_PAGES * 1000:,} failed sign-ins; failure counts are lower bounds\n")
     if args.csv:
-        with complete_or_nothing(args.csv) as file:
+        with complete_or_nothing("--csv", args.csv) as file:
             writer = csv.writer(file, lineterminator="\n")
             writer.writerow(rows_of.COLUMNS)
             writer.writerows(rows_of.as_csv(row) for row in found.rows)
@@ -205,6 +209,8 @@ async def exceptions_show(
 
 async def doctor(args: argparse.Namespace, out: TextIO) -> int:
     """Loads the settings itself: a bad one is a FAIL line, not a stop before the checks."""
+    from shared.rollout.doctor import run_doctor  # reads Graph: msgraph-sdk only for this command
+
     checks = await run_doctor()
     if args.json:
         json.dump(

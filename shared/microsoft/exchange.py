@@ -314,8 +314,10 @@ class ExchangeClient:
         results: list[dict[str, Any] | None] = []
         starts = list(range(0, len(identities), BATCH_LIMIT))
         for group in range(0, len(starts), self._concurrency):  # the tenant gate bounds them anyway
-            for part in await asyncio.gather(*(chunk(s) for s in starts[group : group + self._concurrency])):
-                results.extend(part)
+            async with asyncio.TaskGroup() as tasks:  # one failure cancels its siblings
+                parts = [tasks.create_task(chunk(s)) for s in starts[group : group + self._concurrency]]
+            for part in parts:
+                results.extend(part.result())
         return results
 
     async def _batch(

@@ -61,6 +61,7 @@ class Evidence:
 
     value: Any = None
     unavailable: str = ""
+    complete: bool = True  # False: a read stopped at its page limit, so `value` holds the first pages
 
 
 class GraphClient:
@@ -145,7 +146,14 @@ class GraphClient:
             raise _error("send mail", err) from None
 
     async def smtp_sign_ins(
-        self, since: datetime, until: datetime | None = None, *, user_id: str = "", upn: str = ""
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        user_id: str = "",
+        upn: str = "",
+        succeeded: bool | None = None,
+        max_pages: int | None = None,
     ) -> Evidence:
         """Every `Authenticated SMTP` sign-in in [since, until), of one user (by object id, else UPN) or
         of all, every page.
@@ -164,20 +172,26 @@ class GraphClient:
             clauses.insert(0, f"userId eq '{_odata_string(user_id)}'")
         elif upn:
             clauses.insert(0, f"userPrincipalName eq '{_odata_string(upn)}'")
+        if succeeded is not None:
+            clauses.append(f"status/errorCode {'eq' if succeeded else 'ne'} 0")
         query = SignInsRequestBuilder.SignInsRequestBuilderGetQueryParameters(
             filter=" and ".join(clauses), top=SIGN_IN_PAGE, select=list(SIGN_IN_SELECT)
         )
         sign_ins = self._client.audit_logs.sign_ins
         info = sign_ins.to_get_request_information(RequestConfiguration(query_parameters=query))
         found: list[SignIn] = []
+        pages = 0
         try:
             while True:
                 raw = await sign_ins.request_adapter.send_primitive_async(info, "bytes", {"XXX": ODataError})
                 page = json.loads(raw or b"{}")
                 found.extend(_sign_in(item) for item in page.get("value") or [] if item.get("createdDateTime"))
+                pages += 1
                 next_link = page.get("@odata.nextLink")
                 if not next_link:
                     break
+                if max_pages is not None and pages >= max_pages:
+                    return Evidence(value=found, complete=False)
                 info = sign_ins.with_url(next_link).to_get_request_information()
         except GRAPH_FAILURES as err:
             return Evidence(unavailable=_unavailable(err, "AuditLog.Read.All and Entra ID P1"))

@@ -1,7 +1,7 @@
 """The inventory's rows: which mailboxes have SMTP AUTH effectively on, and what uses it.
 
 A mailbox's SMTP AUTH is effectively on when its own setting is `false`, or when it is `null` and
-the organisation flag (`Get-TransportConfig`) is `false`.
+the organisation flag (`Get-TransportConfig`) is not `true`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ COLUMNS: Final = (
 
 
 def effectively_on(setting: bool | None, org_disabled: bool | None) -> bool:
-    """`setting` is the mailbox's SmtpClientAuthenticationDisabled, `org_disabled` the organisation's."""
-    return setting is False or (setting is None and org_disabled is False)
+    """`setting` is the mailbox's SmtpClientAuthenticationDisabled, `org_disabled` the organisation's.
+
+    Only `true` switches it off: an organisation flag that could not be read counts as on, as the
+    sweeps count it.
+    """
+    return setting is False or (setting is None and org_disabled is not True)
 
 
 @dataclass(frozen=True, slots=True)

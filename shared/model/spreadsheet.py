@@ -36,28 +36,30 @@ class Table:
 
 
 def read_table(text: str) -> Table:
-    """Parse a CSV file whose first line is its header. Blank lines are skipped."""
+    """Parse a CSV file whose first line is its header. Blank lines are skipped; each row keeps the
+    number of the line it starts on (a quoted cell may span lines)."""
     text = text.removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), dialect=_dialect(text))
+    reader = csv.reader(io.StringIO(text, newline=""), dialect="excel", delimiter=_delimiter(text))
     header = next(reader, [])
     columns = tuple(name.strip().lower() for name in header)
     rows: list[tuple[int, dict[str, str]]] = []
-    for cells in _numbered(reader):
-        line, values = cells
+    for line, values in _numbered(reader):
         if any(v.strip() for v in values):
             rows.append((line, {c: (values[i].strip() if i < len(values) else "") for i, c in enumerate(columns)}))
     return Table(columns, rows)
 
 
 def _numbered(reader: Iterator[list[str]]) -> Iterator[tuple[int, list[str]]]:
+    ended = reader.line_num  # type: ignore[attr-defined]  # the line the header ended on
     for values in reader:
-        yield reader.line_num, values  # type: ignore[attr-defined]  # the line a record ends on
+        yield ended + 1, values
+        ended = reader.line_num  # type: ignore[attr-defined]
 
 
-def _dialect(text: str) -> type[csv.Dialect]:
-    """Comma or semicolon, told from the header line."""
+def _delimiter(text: str) -> str:
+    """Comma or semicolon, told from the header line; the rest is Excel's dialect (`""` in quotes)."""
     first = text.split("\n", 1)[0]
     try:
-        return csv.Sniffer().sniff(first, delimiters=",;")
+        return csv.Sniffer().sniff(first, delimiters=",;").delimiter
     except csv.Error:
-        return csv.excel
+        return ","

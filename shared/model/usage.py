@@ -54,6 +54,7 @@ NO_USE: Final = SmtpUsage(0, None, (), 0, None)
 
 def tally(sign_ins: Iterable[SignIn]) -> SmtpUsage:
     """Count one mailbox's SMTP sign-ins; sign-ins of any other client app are not counted."""
+    sign_ins = list(sign_ins)
     ok = sorted((s for s in sign_ins if s.client_app == SMTP_CLIENT_APP and s.succeeded), key=lambda s: s.at)
     failed = [s for s in sign_ins if s.client_app == SMTP_CLIENT_APP and not s.succeeded]
     ips = tuple(dict.fromkeys(s.ip_address for s in reversed(ok) if s.ip_address))

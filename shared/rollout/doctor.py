@@ -121,7 +121,10 @@ async def _token(credential: AsyncTokenCredential, scope: str, what: str) -> tup
         token = await credential.get_token(scope)
     except AzureError as err:  # ClientAuthenticationError and the transport's errors
         return None, Check(f"{what} token", Level.FAIL, f"no token for {scope}: {first_line(err)}")
-    claims = jwt.decode(token.token, options={"verify_signature": False})
+    try:  # read for the clock and the roles only: the token is our credential's own, never trusted here
+        claims = jwt.decode(token.token, options={"verify_signature": False})
+    except jwt.PyJWTError as err:
+        return None, Check(f"{what} token", Level.FAIL, f"the token for {scope} is not a JWT: {err}")
     expires = datetime.fromtimestamp(token.expires_on, UTC)
     app = claims.get("appid") or claims.get("azp")
     return claims, ok(f"{what} token", f"for app {app}, valid to {expires:%H:%M}Z")

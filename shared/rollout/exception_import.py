@@ -140,10 +140,18 @@ def _lookup_errors(
     rows: list[ImportRow], mailboxes: dict[str, MailboxState | None], owners: dict[str, Recipient | None]
 ) -> list[str]:
     errors: list[str] = []
+    first_line: dict[str, int] = {}  # by GUID: two addresses of one mailbox (an alias, the UPN) are one row
     for row in rows:
-        if mailboxes[row.grant.mailbox] is None:
+        mailbox = mailboxes[row.grant.mailbox]
+        if mailbox is None:
             errors.append(f"line {row.line}: mailbox: Exchange has no mailbox {row.grant.mailbox}")
-        elif row.grant.owner and (problem := owner_problem(row.grant.owner, owners[row.grant.owner])):
+            continue
+        if mailbox.guid in first_line:
+            where = first_line[mailbox.guid]
+            errors.append(f"line {row.line}: mailbox: {row.grant.mailbox} is the same mailbox as line {where}")
+            continue
+        first_line[mailbox.guid] = row.line
+        if row.grant.owner and (problem := owner_problem(row.grant.owner, owners[row.grant.owner])):
             errors.append(f"line {row.line}: owner: {problem}")
     return errors
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from shared.errors import GuardError
 from shared.microsoft.exchange import ExchangeClient
-from shared.microsoft.graph import GraphClient
 from shared.model.exception_records import ExceptionRecord, ExceptionStatus
 from shared.model.requests import ExceptionRequest, RequestStatus
 from shared.model.runs import AuditedChange, tri_state
 from shared.model.usage import SIGN_IN_DAYS_MAX, SignIn, SmtpUsage
 from shared.storage import Store
 from shared.workflow.evidence import SignInEvidence, read_sign_ins
+
+if TYPE_CHECKING:  # msgraph-sdk is large: only the commands that read Graph import it
+    from shared.microsoft.graph import GraphClient
 
 # What happens at one instant happens in this order: an approval decides, grants, then switches on;
 # a revocation ends the exception, then switches off.

@@ -10,15 +10,17 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from shared.microsoft.exchange import ExchangeClient
-from shared.microsoft.graph import GraphClient
 from shared.model.inventory import InventoryRow, effectively_on
 from shared.model.mailbox import MailboxState
 from shared.model.usage import Protocol
 from shared.storage import Store
 from shared.workflow.evidence import SignInEvidence, read_sign_ins
+
+if TYPE_CHECKING:  # msgraph-sdk is large: only the commands that read Graph import it
+    from shared.microsoft.graph import GraphClient
 
 DETAIL_SELECT: Final = ("Guid", "UserPrincipalName", "RecipientTypeDetails")
 
@@ -29,6 +31,7 @@ class Inventory:
     scanned: int
     org_smtp_auth_disabled: bool | None
     sign_ins_unavailable: str  # why the sign-in logs could not be read ("" when they were)
+    failures_capped: bool = False  # more failed sign-ins than were read: failure counts are lower bounds
 
     @property
     def effectively_on(self) -> int:
@@ -86,7 +89,7 @@ async def take_inventory(
         )
     rows.sort(key=lambda r: r.mailbox.lower())
     rows.sort(key=lambda r: r.last_use.timestamp() if r.last_use else float("-inf"), reverse=True)
-    return Inventory(rows, len(mailboxes), org, evidence.unavailable)
+    return Inventory(rows, len(mailboxes), org, evidence.unavailable, evidence.failures_capped)
 
 
 def _used(evidence: SignInEvidence, mailbox: MailboxState) -> bool:

@@ -8,11 +8,12 @@ comes from the last SMTP AUTH clients report an admin merged (`inventory --usage
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Final
 
 from shared.errors import InputError
-from shared.microsoft.graph import GraphClient
 from shared.model.usage import (
     SIGN_IN_DAYS_MAX,
     LayoutError,
@@ -25,6 +26,11 @@ from shared.model.usage import (
     tally,
 )
 
+FAILURE_PAGES: Final = 5  # failed sign-ins read at most, in pages of 1,000
+
+if TYPE_CHECKING:  # msgraph-sdk is large: only the commands that read Graph import it
+    from shared.microsoft.graph import GraphClient
+
 
 @dataclass(frozen=True, slots=True)
 class SignInEvidence:
@@ -33,6 +39,7 @@ class SignInEvidence:
     since: datetime
     keyed: dict[str, list[SignIn]] = field(default_factory=dict)
     unavailable: str = ""
+    failures_capped: bool = False  # more failures than FAILURE_PAGES hold: failure counts are lower bounds
 
     def of(self, *keys: str) -> list[SignIn]:
         """A mailbox's sign-ins, newest first, by any of its keys: user object id, UPN, address."""
@@ -57,13 +64,20 @@ def sign_in_days(value: str | int | None) -> int:
 async def read_sign_ins(
     graph: GraphClient, now: datetime, days: int, *, user_id: str = "", upn: str = ""
 ) -> SignInEvidence:
-    """Every Basic SMTP AUTH sign-in of the last `days` days: of the tenant, or of one user, found by
-    its object id when known, else by UPN (all pages)."""
+    """The Basic SMTP AUTH sign-ins of the last `days` days, of the tenant or of one user (found by its
+    object id when known, else by UPN): every success, and the newest FAILURE_PAGES pages of failures."""
     since = now - timedelta(days=days)
-    read = await graph.smtp_sign_ins(since, user_id=user_id, upn=upn)
-    if read.unavailable:
-        return SignInEvidence(since, unavailable=f"sign-in logs {read.unavailable}")
-    return SignInEvidence(since, by_user(read.value))
+    user = {"user_id": user_id, "upn": upn}
+    # Successes are use: every page. Failures are mostly password spray, which can fill the log:
+    # read apart, and only so far.
+    uses, failures = await asyncio.gather(
+        graph.smtp_sign_ins(since, succeeded=True, **user),
+        graph.smtp_sign_ins(since, succeeded=False, max_pages=FAILURE_PAGES, **user),
+    )
+    for read in (uses, failures):
+        if read.unavailable:
+            return SignInEvidence(since, unavailable=f"sign-in logs {read.unavailable}")
+    return SignInEvidence(since, by_user([*uses.value, *failures.value]), failures_capped=not failures.complete)
 
 
 def usage_report(text: str) -> dict[str, Protocol]:

@@ -56,12 +56,13 @@ def validate_grant(
 
     A Basic exception runs no later than Microsoft's retirement date of Basic, when it is known.
     """
+    address = mailbox_address("mailbox", mailbox)  # the fields in the order they were always checked
     auth_method = choice("auth", auth or AuthMethod.OAUTH.value, AuthMethod)
     longest = longest_days(auth_method, max_days, retirement, now or utc_now())
     if longest < 1:
         raise InputError("auth", f"Basic SMTP AUTH retires on {retirement}: grant an OAuth exception instead")
     return ExceptionGrant(
-        mailbox=mailbox_address("mailbox", mailbox),
+        mailbox=address,
         days=whole_number("days", days, 1, longest),
         reason=free_text("reason", reason, max_length=MAX_REASON, required=True),
         owner=mailbox_address("owner", owner) if owner else "",

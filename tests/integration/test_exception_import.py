@@ -22,6 +22,10 @@ def tenant(request: pytest.FixtureRequest) -> Tenant:
     t.seed(getattr(request, "param", 30), rng_seed=9)
     for name in ("scanner", "printer", "app", "-dash"):
         t.add_mailbox(f"{name}@contoso.com", smtp=False)
+    app = t.find("app@contoso.com")
+    assert app is not None
+    app.user_principal_name = "app.service@contoso.com"  # a UPN unlike its address: one more name for it
+    t.index[app.user_principal_name] = app
     return t
 
 
@@ -71,18 +75,21 @@ def test_one_bad_row_writes_nothing_and_names_its_line(cli: Any, tmp_path: Path,
         "scanner@contoso.com,5,again,oauth\n"  # line 5: twice in the file
         "app@contoso.com,10,,basic\n"  # line 6: no reason
         "-dash@contoso.com,10,app,\n"  # line 7: auth unknown
+        "app@contoso.com,10,app,oauth\n"
+        "App.Service@contoso.com,10,app again,oauth\n"  # line 9: the same mailbox by its UPN
     )
     result = cli("exceptions", "import", "--csv", _write(tmp_path / "bad.csv", text))
     assert result.code == 2, result.err
     lines = result.err.splitlines()
-    assert lines[:5] == [
+    assert lines[:6] == [
         "line 3: days: must be from 1 to 180, not 400",
         "line 4: mailbox: Exchange has no mailbox nobody@contoso.com",
         "line 5: mailbox: scanner@contoso.com is also on line 2",
         "line 6: reason: is required",
         "line 7: auth: is unknown: give oauth or basic (a wrong oauth would block a Basic device)",
+        "line 9: mailbox: app.service@contoso.com is the same mailbox as line 8",
     ]
-    assert lines[-1].startswith("error: 5 problems") and "nothing was imported" in lines[-1]
+    assert lines[-1].startswith("error: 6 problems") and "nothing was imported" in lines[-1]
     assert _exceptions(cli) == {}
 
     no_auth = cli("exceptions", "import", "--csv", _write(tmp_path / "no-auth.csv", "mailbox,days,reason\n"))

@@ -102,6 +102,12 @@ def test_the_window_and_the_terminal_summary(cli: Any, emulator: EmulatorServer)
     assert lines[0].startswith("mailbox") and lines[1].startswith("printer@contoso.com")
     assert "used Basic SMTP AUTH in the last 30 days" in lines[-1] and "listed without an exception" in lines[-1]
 
+    nowhere = cli("inventory", "--csv", "/no-such-folder/inventory.csv")
+    assert (
+        nowhere.code == 2
+        and nowhere.err == "error: --csv: cannot write /no-such-folder/inventory.csv: no such folder\n"
+    )
+
     for bad in ("0", "31", "week"):
         refused = cli("inventory", "--days", bad)
         assert refused.code == 2 and refused.err.startswith("error: days:") and len(refused.err.splitlines()) == 1
@@ -158,3 +164,19 @@ def test_the_usage_report_sets_the_protocol_and_a_csv_round_trips(
     assert refused.code == 2 and len(refused.err.splitlines()) == 1
     assert "usage-csv" in refused.err and "'Sender address'" in refused.err
     assert "'Authentication protocol'" in refused.err
+
+
+def test_password_spray_is_read_only_so_far_and_said_so(cli: Any, emulator: EmulatorServer) -> None:
+    assert cli("init").code == 0
+    printer = emulator.tenant.find("printer@contoso.com")
+    assert printer is not None
+    for n in range(5_001):  # more failures than the five pages read of them
+        emulator.tenant.add_signin(
+            printer.user_principal_name, when=NOW - timedelta(minutes=n), status_error_code=50126
+        )
+    result = cli("inventory", "--json")
+    assert result.code == 0, result.err
+    row = next(r for r in json.loads(result.out) if r["mailbox"] == "printer@contoso.com")
+    # Every use; of failures the newest 5,000 of the tenant, four of them the sprayed mailbox's.
+    assert (row["signins"], row["failures"]) == (4, 5_000 - 4)
+    assert "warning: more than 5,000 failed sign-ins; failure counts are lower bounds" in result.err

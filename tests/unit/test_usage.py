@@ -89,3 +89,16 @@ def test_a_neutralised_cell_reads_back_as_it_was(cell: str) -> None:
 )
 def test_effectively_on(setting: bool | None, org: bool, on: bool) -> None:
     assert effectively_on(setting, org) is on
+
+
+def test_quoted_cells_and_multi_line_rows_read_as_excel_wrote_them() -> None:
+    table = read_table('mailbox,reason,days\na@x.com,"he said ""no""",5\nb@x.com,"two\nlines",7\nc@x.com,"x, y",9\n')
+    assert table.rows == [
+        (2, {"mailbox": "a@x.com", "reason": 'he said "no"', "days": "5"}),
+        (3, {"mailbox": "b@x.com", "reason": "two\nlines", "days": "7"}),  # the line it starts on
+        (5, {"mailbox": "c@x.com", "reason": "x, y", "days": "9"}),
+    ]
+
+
+def test_an_unknown_organisation_flag_is_not_read_as_off() -> None:
+    assert effectively_on(None, None) is True  # as the sweeps read it: only `true` switches it off
