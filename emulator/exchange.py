@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from aiohttp import web
@@ -319,6 +319,8 @@ class ExchangeService:
             "get-user": self._get_user,
             "get-organizationconfig": self._get_organization_config,
             "set-casmailbox": self._set_casmailbox,
+            "new-authenticationpolicy": self._new_authentication_policy,
+            "set-user": self._set_user,
         }
 
     def known(self, cmdlet: str) -> bool:
@@ -514,6 +516,87 @@ class ExchangeService:
             return [], None, [_no_change_warning(identity)]
         self.tenant.set_smtp(mb.guid, value)
         return [], None, []
+
+    def _new_authentication_policy(self, call: Call) -> tuple[list[dict[str, Any]], str | None, list[str]]:
+        """`New-AuthenticationPolicy -Name N [-AllowBasicAuth<Protocol>[:$true]]`: as in Exchange Online,
+        every protocol not switched on is blocked (a new policy blocks Basic everywhere by default)."""
+        _check_params(call, {"Name", *BASIC_AUTH_SWITCHES})
+        name = call.params.get("Name")
+        if not isinstance(name, str) or not name.strip():
+            raise CmdletError(
+                400,
+                "System.Management.Automation.ParameterBindingException",
+                "Cannot process command because of one or more missing mandatory parameters: Name.",
+            )
+        policy: dict[str, object] = {"Name": name.strip()}
+        for switch in BASIC_AUTH_SWITCHES:
+            value = call.params.get(switch, False)
+            if not isinstance(value, bool):
+                raise bad_parameter(
+                    f'Cannot convert value "{value}" to type "System.Management.Automation.SwitchParameter".'
+                )
+            policy[switch] = value
+        with self.tenant.lock:
+            if any(str(p.get("Name", "")).lower() == name.strip().lower() for p in self.tenant.authentication_policies):
+                raise CmdletError(
+                    400,
+                    "Microsoft.Exchange.Data.Directory.ADObjectAlreadyExistsException",
+                    f'The authentication policy "{name.strip()}" already exists.',
+                )
+            self.tenant.authentication_policies.append(policy)
+        return [{"Identity": policy["Name"], **policy}], None, []
+
+    def _set_user(self, call: Call) -> tuple[list[dict[str, Any]], str | None, list[str]]:
+        """`Set-User -Identity X -AuthenticationPolicy <name>|$null`: the only parameter emulated."""
+        _check_params(call, {"Identity", "AuthenticationPolicy"})
+        identity = call.identity
+        if not identity:
+            raise CmdletError(
+                400,
+                "System.Management.Automation.ParameterBindingException",
+                "Cannot process command because of one or more missing mandatory parameters: Identity.",
+            )
+        with self.tenant.lock:
+            mb = self.tenant.find(identity)
+            if mb is None:
+                raise not_found(identity)
+            if "AuthenticationPolicy" not in call.params:
+                return [], None, [_no_change_warning(identity)]
+            wanted = call.params["AuthenticationPolicy"]
+            if wanted is not None and not isinstance(wanted, str):
+                raise bad_parameter(f'Cannot convert value "{wanted}" to type "AuthPolicyIdParameter".')
+            name = None
+            if wanted is not None:
+                match = [
+                    p for p in self.tenant.authentication_policies if str(p.get("Name", "")).lower() == wanted.lower()
+                ]
+                if not match:
+                    raise not_found(wanted)
+                name = str(match[0]["Name"])
+            if self.tenant.user_authentication_policies.get(mb.guid) == name:
+                return [], None, [_no_change_warning(identity)]
+        self.tenant.assign_authentication_policy(mb.guid, name)
+        return [], None, []
+
+
+# The Basic-auth switches of New-AuthenticationPolicy, one per protocol.
+BASIC_AUTH_SWITCHES: Final = tuple(
+    f"AllowBasicAuth{protocol}"
+    for protocol in (
+        "ActiveSync",
+        "Autodiscover",
+        "Imap",
+        "Mapi",
+        "OfflineAddressBook",
+        "OutlookService",
+        "Pop",
+        "Powershell",
+        "ReportingWebServices",
+        "Rpc",
+        "Smtp",
+        "WebServices",
+    )
+)
 
 
 def _no_change_warning(identity: str) -> str:

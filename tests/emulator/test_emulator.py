@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1164,3 +1165,44 @@ def test_seeded_signins_are_deterministic() -> None:
     assert a.signins and a.signins == b.signins
     assert all(s["createdDateTime"] <= "2026-11-28T00:00:00Z" for s in a.signins)
     assert len({s["userId"] for s in a.signins}) <= 40
+
+
+async def test_new_authentication_policy_and_set_user_assign_it(
+    session: aiohttp.ClientSession, server: EmulatorServer, token: str
+) -> None:
+    """New-AuthenticationPolicy blocks every Basic protocol not switched on; Set-User assigns it, by
+    name or back to none, and refuses an unknown policy or user as Exchange does."""
+    mailbox = server.tenant.snapshot()[0]
+    saved = list(server.tenant.authentication_policies)
+    try:
+        url = invoke_url(server)
+        status, body, _ = await post(session, url, cmdlet("New-AuthenticationPolicy", Name="Guard OAuth only"), token)
+        assert status == 200 and body["value"][0]["AllowBasicAuthSmtp"] is False
+        assert body["value"][0]["AllowBasicAuthImap"] is False and body["value"][0]["Identity"] == "Guard OAuth only"
+        status, body, _ = await post(session, url, cmdlet("New-AuthenticationPolicy", Name="guard oauth ONLY"), token)
+        assert status == 400 and "ADObjectAlreadyExistsException" in json.dumps(body)
+        with_smtp = cmdlet("New-AuthenticationPolicy", Name="Allow SMTP", AllowBasicAuthSmtp=True)
+        status, body, _ = await post(session, url, with_smtp, token)
+        assert status == 200 and body["value"][0]["AllowBasicAuthSmtp"] is True
+
+        assign = cmdlet("Set-User", Identity=mailbox.guid, AuthenticationPolicy="GUARD OAuth only")
+        status, body, _ = await post(session, url, assign, token)
+        assert status == 200 and body["value"] == []
+        assert server.tenant.user_authentication_policies[mailbox.guid] == "Guard OAuth only"
+        _, body, _ = await post(session, url, cmdlet("Get-User", Identity=mailbox.guid), token)
+        assert body["value"][0]["AuthenticationPolicy"] == "Guard OAuth only"
+        _, body, _ = await post(session, url, assign, token)
+        assert body["@adminapi.warnings"] and "no settings" in body["@adminapi.warnings"][0]  # unchanged
+
+        unknown = cmdlet("Set-User", Identity=mailbox.guid, AuthenticationPolicy="No such policy")
+        status, body, _ = await post(session, url, unknown, token)
+        assert status == 404 and "ManagementObjectNotFoundException" in json.dumps(body)
+        nobody = cmdlet("Set-User", Identity=str(uuid.uuid4()), AuthenticationPolicy=None)
+        status, body, _ = await post(session, url, nobody, token)
+        assert status == 404 and "ManagementObjectNotFoundException" in json.dumps(body)
+        clear = cmdlet("Set-User", Identity=mailbox.guid, AuthenticationPolicy=None)
+        status, _, _ = await post(session, url, clear, token)
+        assert status == 200 and mailbox.guid not in server.tenant.user_authentication_policies
+    finally:
+        server.tenant.authentication_policies[:] = saved
+        server.tenant.user_authentication_policies.pop(mailbox.guid, None)
