@@ -55,7 +55,9 @@ def complete_or_nothing(field: str, path: str) -> Iterator[TextIO]:
         with partial.open("w", encoding="utf-8", newline="") as file:
             yield file
         partial.replace(target)
-    except OSError as err:
+    except (ConnectionError, TimeoutError):
+        raise  # the work that fills the file failed, not the file
+    except OSError as err:  # could not open, write or rename it: a full disk, no permission
         raise InputError(field, f"cannot write {path}: {err.strerror or err}") from None
     finally:
         partial.unlink(missing_ok=True)

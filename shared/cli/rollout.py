@@ -96,7 +96,7 @@ async def inventory(
     if found.sign_ins_unavailable:
         err.write(f"warning: {found.sign_ins_unavailable}; the rows are listed without sign-in counts\n")
     if found.failures_capped:
-        err.write(f"warning: more than {FAILURE_PAGES * 1000:,} failed sign-ins; failure counts are lower bounds\n")
+        err.write(f"warning: failed sign-ins beyond the {FAILURE_PAGES} pages read; failure counts are lower bounds\n")
     if args.csv:
         with complete_or_nothing("--csv", args.csv) as file:
             writer = csv.writer(file, lineterminator="\n")

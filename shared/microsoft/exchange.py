@@ -314,8 +314,11 @@ class ExchangeClient:
         results: list[dict[str, Any] | None] = []
         starts = list(range(0, len(identities), BATCH_LIMIT))
         for group in range(0, len(starts), self._concurrency):  # the tenant gate bounds them anyway
-            async with asyncio.TaskGroup() as tasks:  # one failure cancels its siblings
-                parts = [tasks.create_task(chunk(s)) for s in starts[group : group + self._concurrency]]
+            try:
+                async with asyncio.TaskGroup() as tasks:  # one failure cancels its siblings
+                    parts = [tasks.create_task(chunk(s)) for s in starts[group : group + self._concurrency]]
+            except ExceptionGroup as failed:  # the callers handle ExchangeError, not a group of them
+                raise failed.exceptions[0] from None
             for part in parts:
                 results.extend(part.result())
         return results

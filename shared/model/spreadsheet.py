@@ -37,15 +37,18 @@ class Table:
 
 def read_table(text: str) -> Table:
     """Parse a CSV file whose first line is its header. Blank lines are skipped; each row keeps the
-    number of the line it starts on (a quoted cell may span lines)."""
+    number of the line it starts on (a quoted cell may span lines). ValueError for a broken file."""
     text = text.removeprefix("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), dialect="excel", delimiter=_delimiter(text))
     header = next(reader, [])
     columns = tuple(name.strip().lower() for name in header)
     rows: list[tuple[int, dict[str, str]]] = []
-    for line, values in _numbered(reader):
-        if any(v.strip() for v in values):
-            rows.append((line, {c: (values[i].strip() if i < len(values) else "") for i, c in enumerate(columns)}))
+    try:
+        for line, values in _numbered(reader):
+            if any(v.strip() for v in values):
+                rows.append((line, {c: (values[i].strip() if i < len(values) else "") for i, c in enumerate(columns)}))
+    except csv.Error as err:  # an unclosed quote swallows the rest of the file, say
+        raise ValueError(f"not a readable CSV file after line {reader.line_num}: {err}") from None
     return Table(columns, rows)
 
 

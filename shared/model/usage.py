@@ -100,7 +100,8 @@ _PROTOCOL_VALUES |= {"oauth2": Protocol.OAUTH, "oauth 2.0": Protocol.OAUTH, "mod
 
 
 class LayoutError(ValueError):
-    """A file that is not what it was given as; the message names the columns expected."""
+    """A file that is not what it was given as; the message names the columns expected (or why it
+    could not be read at all)."""
 
 
 def read_usage_report(text: str) -> dict[str, Protocol]:
@@ -108,7 +109,10 @@ def read_usage_report(text: str) -> dict[str, Protocol]:
 
     A sender listed once per protocol is `both`.
     """
-    table = read_table(text)
+    try:
+        table = read_table(text)
+    except ValueError as err:
+        raise LayoutError(str(err)) from None
     sender = next((c for c in SENDER_COLUMNS if table.has(c)), None)
     protocol = next((c for c in PROTOCOL_COLUMNS if table.has(c)), None)
     if sender is None or protocol is None:

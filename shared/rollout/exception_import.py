@@ -47,7 +47,10 @@ class ImportResult:
 
 def read_rows(text: str, *, max_days: int, retirement: date | None, now: datetime) -> tuple[list[ImportRow], list[str]]:
     """Parse and check every row that needs no lookup; (good rows, one error line per bad field)."""
-    table = read_table(text)
+    try:
+        table = read_table(text)
+    except ValueError as err:
+        raise InputError("csv", str(err)) from None
     missing = [c for c in REQUIRED if not table.has(c)]
     if not table.has("auth") and not table.has("protocol"):
         missing.append("auth")

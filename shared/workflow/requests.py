@@ -213,7 +213,7 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
             raise DailyLimitError(f"{err}: try again after midnight UTC", retry_after=wait) from None
         raise
     # After it is stored, so a refused submission writes nothing. A request left out (storage failed
-    # just now) is missing from `exceptions show` only; `init` on an upgrade indexes every request.
+    # just now) is missing from `exceptions show` only, and stays missing: nothing indexes it later.
     try:
         await c.store.audit.index_request(request.mailbox_address, request.mailbox_guid, request.id)
     except GuardError as err:

@@ -179,4 +179,12 @@ def test_password_spray_is_read_only_so_far_and_said_so(cli: Any, emulator: Emul
     row = next(r for r in json.loads(result.out) if r["mailbox"] == "printer@contoso.com")
     # Every use; of failures the newest 5,000 of the tenant, four of them the sprayed mailbox's.
     assert (row["signins"], row["failures"]) == (4, 5_000 - 4)
-    assert "warning: more than 5,000 failed sign-ins; failure counts are lower bounds" in result.err
+    assert "warning: failed sign-ins beyond the 5 pages read; failure counts are lower bounds" in result.err
+
+
+def test_an_exchange_failure_in_the_lookups_is_one_line(cli: Any, emulator: EmulatorServer) -> None:
+    assert cli("init").code == 0
+    emulator.faults.configure(failing_cmdlets={"Get-Mailbox": 403})
+    result = cli("inventory", "--json")
+    assert result.code == 1 and result.out == ""
+    assert result.err.startswith("failed: Get-Mailbox failed with HTTP 403") and len(result.err.splitlines()) == 1

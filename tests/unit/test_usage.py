@@ -102,3 +102,11 @@ def test_quoted_cells_and_multi_line_rows_read_as_excel_wrote_them() -> None:
 
 def test_an_unknown_organisation_flag_is_not_read_as_off() -> None:
     assert effectively_on(None, None) is True  # as the sweeps read it: only `true` switches it off
+
+
+def test_a_broken_file_is_a_value_error_not_a_crash() -> None:
+    broken = 'mailbox,reason\na@x.com,"never closed\n' + "x" * 140_000 + "\n"
+    with pytest.raises(ValueError, match="not a readable CSV file after line"):
+        read_table(broken)
+    with pytest.raises(LayoutError, match="not a readable CSV file"):
+        read_usage_report(broken)
