@@ -213,12 +213,17 @@ async def submit_request(c: Clients, draft: RequestDraft, principal: Principal, 
             raise DailyLimitError(f"{err}: try again after midnight UTC", retry_after=wait) from None
         raise
     # After it is stored, so a refused submission writes nothing. A request left out (storage failed
-    # just now) is missing from `exceptions show` only, and stays missing: nothing indexes it later.
+    # just now) is indexed again when it is decided.
+    await _index(c, request)
+    return request
+
+
+async def _index(c: Clients, request: ExceptionRequest) -> None:
+    """Point the mailbox index at the request (an upsert: again is harmless); a failure only warns."""
     try:
         await c.store.audit.index_request(request.mailbox_address, request.mailbox_guid, request.id)
     except GuardError as err:
         logger.warning("SMTP AUTH Guard: request %s not indexed by mailbox: %s", request.id, err)
-    return request
 
 
 async def _resolved_owner(c: Clients, address: str, principal: Principal) -> Recipient | None:
@@ -423,6 +428,7 @@ async def decide(
         status = current[0].status.value if current else "changed"
         raise ConflictError(f"another approver decided first: the request is {status}", {"status": status}) from None
     await release_reservations(c, request)
+    await _index(c, decided)  # in case its submission could not index it
     if not decision.approve:
         return DecisionResult(decided, applied=False)
     return await _grant(c, decided, principal, now)
