@@ -5,6 +5,8 @@ If it dies, its lease lapses within a minute and the next run, of any kind, sett
 does anything else: for each intended change with no audit row, it reads the mailbox, and when the
 mailbox holds the intended value the change landed, so its row is written now, with the `before`
 the dead run planned from, marked recovered. A dead run's summary says it was interrupted.
+Then it indexes by mailbox the change rows of every run that has ended (index_pending_runs): a sweep
+leaves that to the next run, so its apply pays nothing for the index.
 
 Blind spots, both narrow: a change that landed and was then put back by hand before the settling
 run read the mailbox leaves no row (the next sweep plans that mailbox again and records its change);
