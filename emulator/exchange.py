@@ -197,6 +197,14 @@ def not_found(identity: str) -> CmdletError:
     )
 
 
+def missing_parameter(name: str) -> CmdletError:
+    return CmdletError(
+        400,
+        "System.Management.Automation.ParameterBindingException",
+        f"Cannot process command because of one or more missing mandatory parameters: {name}.",
+    )
+
+
 def bad_parameter(message: str) -> CmdletError:
     return CmdletError(400, "Microsoft.Exchange.AdminApi.CommandInvocation.ParameterTransformationException", message)
 
@@ -454,12 +462,11 @@ class ExchangeService:
         _check_params(call, {"Identity"})
         with self.tenant.lock:
             policies = [dict(p) for p in self.tenant.authentication_policies]
-        out = [{"Identity": p.get("Name"), **p} for p in policies]
         if call.identity is not None:
-            out = [p for p in out if str(p.get("Name", "")).lower() == call.identity.lower()]
-            if not out:
+            policies = _named(policies, call.identity)
+            if not policies:
                 raise not_found(call.identity)
-        return out, None, []
+        return [{"Identity": p.get("Name"), **p} for p in policies], None, []
 
     def _get_user(self, call: Call) -> tuple[list[dict[str, Any]], str | None, list[str]]:
         """Only `-Identity` (a guid, address or UPN): the user behind a mailbox, with its AuthenticationPolicy."""
@@ -495,11 +502,7 @@ class ExchangeService:
         _check_params(call, {"Identity", "SmtpClientAuthenticationDisabled"})
         identity = call.identity
         if not identity:
-            raise CmdletError(
-                400,
-                "System.Management.Automation.ParameterBindingException",
-                "Cannot process command because of one or more missing mandatory parameters: Identity.",
-            )
+            raise missing_parameter("Identity")
         mb = self.tenant.find(identity)
         if mb is None:
             raise not_found(identity)
@@ -523,11 +526,7 @@ class ExchangeService:
         _check_params(call, {"Name", *BASIC_AUTH_SWITCHES})
         name = call.params.get("Name")
         if not isinstance(name, str) or not name.strip():
-            raise CmdletError(
-                400,
-                "System.Management.Automation.ParameterBindingException",
-                "Cannot process command because of one or more missing mandatory parameters: Name.",
-            )
+            raise missing_parameter("Name")
         policy: dict[str, object] = {"Name": name.strip()}
         for switch in BASIC_AUTH_SWITCHES:
             value = call.params.get(switch, False)
@@ -537,7 +536,7 @@ class ExchangeService:
                 )
             policy[switch] = value
         with self.tenant.lock:
-            if any(str(p.get("Name", "")).lower() == name.strip().lower() for p in self.tenant.authentication_policies):
+            if _named(self.tenant.authentication_policies, name.strip()):
                 raise CmdletError(
                     400,
                     "Microsoft.Exchange.Data.Directory.ADObjectAlreadyExistsException",
@@ -551,11 +550,7 @@ class ExchangeService:
         _check_params(call, {"Identity", "AuthenticationPolicy"})
         identity = call.identity
         if not identity:
-            raise CmdletError(
-                400,
-                "System.Management.Automation.ParameterBindingException",
-                "Cannot process command because of one or more missing mandatory parameters: Identity.",
-            )
+            raise missing_parameter("Identity")
         with self.tenant.lock:
             mb = self.tenant.find(identity)
             if mb is None:
@@ -567,9 +562,7 @@ class ExchangeService:
                 raise bad_parameter(f'Cannot convert value "{wanted}" to type "AuthPolicyIdParameter".')
             name = None
             if wanted is not None:
-                match = [
-                    p for p in self.tenant.authentication_policies if str(p.get("Name", "")).lower() == wanted.lower()
-                ]
+                match = _named(self.tenant.authentication_policies, wanted)
                 if not match:
                     raise not_found(wanted)
                 name = str(match[0]["Name"])
@@ -597,6 +590,11 @@ BASIC_AUTH_SWITCHES: Final = tuple(
         "WebServices",
     )
 )
+
+
+def _named(policies: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    """The authentication policies called `name`: Exchange matches policy names in any case."""
+    return [p for p in policies if str(p.get("Name", "")).lower() == name.lower()]
 
 
 def _no_change_warning(identity: str) -> str:

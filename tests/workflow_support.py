@@ -275,5 +275,17 @@ async def decide_through_the_link(
     assert decided.status == 200, decided.text
 
 
+async def revoke_through_the_api(request_id: str, user: Any) -> Any:
+    """`POST /api/exceptions/{id}/revoke` as `user`."""
+    return await call(
+        "exception_revoke",
+        "POST",
+        f"/api/exceptions/{request_id}/revoke",
+        user=user,
+        body={},
+        route_params={"id": request_id},
+    )
+
+
 def set_calls(emulator: EmulatorServer) -> int:
     return sum(1 for e in emulator.calllog.entries() if e["cmdlet"] == "Set-CASMailbox" and e["kind"] != "batch")

@@ -136,10 +136,10 @@ class SweepRun:
                 self.lease = lease
                 summary.actor = await actor_for(self.credential, self.settings.exchange_scope)
                 # A run that died left changes without audit rows, perhaps: record them before anything else.
-                await settle_open_runs(
+                still_open = await settle_open_runs(
                     self.store, self.exchange, self.settings.tenant_id, summary.run_id, self.clock(), self.progress
                 )
-                await index_pending_runs(self.store, summary.run_id, self.progress)
+                await index_pending_runs(self.store, summary.run_id, still_open, self.progress)
                 await body()
         except RefusedError as err:
             summary.outcome, summary.message = RunOutcome.REFUSED, str(err)

@@ -39,19 +39,20 @@ async def settle_open_runs(
     settling_run: str,
     now: datetime,
     progress: Callable[[str], None],
-) -> int:
-    """Settle every run left open by a crash; returns how many audit rows were recovered."""
-    recovered = 0
+) -> set[str]:
+    """Settle every run left open by a crash; returns the ids of those still open (not settled now)."""
+    still_open: set[str] = set()
     for run in await store.intents.open_runs():
         if run.run_id == settling_run:
             continue
         try:
-            recovered += await _settle(store, exchange, tenant_id, run, settling_run, now, progress)
+            await _settle(store, exchange, tenant_id, run, settling_run, now, progress)
         except (GuardError, ValueError, KeyError) as err:
             # Not settled, so it stays open for the next run; one bad run must not stop every sweep.
             logger.error("SMTP AUTH Guard: run %s could not be settled: %s", run.run_id, err)
             progress(f"warning: run {run.run_id} could not be settled now ({err}); the next run tries again")
-    return recovered
+            still_open.add(run.run_id)
+    return still_open
 
 
 async def _settle(
@@ -62,7 +63,7 @@ async def _settle(
     settling_run: str,
     now: datetime,
     progress: Callable[[str], None],
-) -> int:
+) -> None:
     intents = await store.intents.of_run(run.run_id)
     recorded = await store.audit.changed_mailboxes(run.run_id)
     rows = await _landed_without_a_row(exchange, run, intents, recorded)
@@ -74,7 +75,6 @@ async def _settle(
     # changed would read as a change of the dead run's.
     await store.intents.close_run(run.run_id)
     progress(f"settled run {run.run_id}, which stopped without finishing: {len(rows)} audit rows recovered")
-    return len(rows)
 
 
 async def _landed_without_a_row(
@@ -114,14 +114,13 @@ def _interrupted(
     )
 
 
-async def index_pending_runs(store: Store, this_run: str, progress: Callable[[str], None]) -> int:
+async def index_pending_runs(store: Store, this_run: str, still_open: set[str], progress: Callable[[str], None]) -> int:
     """Index by mailbox the change rows of the sweeps that ended (or died and were settled) since.
 
     A sweep leaves its mailbox index to the next run: 20,000 index rows cost the apply as much CPU
     again as its change rows (docs/performance.md). Until then readers scan that run's partition.
-    Runs still open (a settling that failed) wait: their rows may not all be there yet.
+    Runs `still_open` (what settle_open_runs could not settle) wait: their rows may not all be there.
     """
-    still_open = {run.run_id for run in await store.intents.open_runs()}
     indexed = 0
     for run_id in await store.audit.unindexed_runs():
         if run_id == this_run or run_id in still_open:

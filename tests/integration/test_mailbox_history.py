@@ -12,7 +12,7 @@ from shared.model.actor import Actor
 from shared.model.mailbox import Change, ChangeReason
 from shared.model.runs import AuditEntry
 from shared.storage import Store
-from tests.workflow_support import People, call, decide_through_the_link, submitted_request
+from tests.workflow_support import People, decide_through_the_link, revoke_through_the_api, submitted_request
 
 
 async def _history_reads(storage: str, address: str) -> tuple[int, list[str]]:
@@ -56,14 +56,7 @@ async def test_show_lists_a_mailbox_history_in_order(
     request_id = await submitted_request(people)
     assert await _drop_request_pointer(storage, request_id) == 1  # as if storage failed just after the request
     await decide_through_the_link(people, emulator, request_id)  # the decision indexes it again
-    revoked = await call(
-        "exception_revoke",
-        "POST",
-        f"/api/exceptions/{request_id}/revoke",
-        user=people.approver,
-        body={},
-        route_params={"id": request_id},
-    )
+    revoked = await revoke_through_the_api(request_id, people.approver)
     assert revoked.status == 200, revoked.text
     tenant.find(printer.guid).smtp_client_authentication_disabled = False  # switched on by hand: drift
     swept = cli("sweep", "--full", "--mode", "enforce", "--json")

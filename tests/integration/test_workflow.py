@@ -32,6 +32,7 @@ from tests.workflow_support import (
     mail_text,
     open_approval,
     post_decision,
+    revoke_through_the_api,
     send_outbox,
     set_calls,
     submit_form,
@@ -407,23 +408,9 @@ async def test_revoke_switches_smtp_auth_off_again(people: People, emulator: Emu
     request_id = await submitted_request(people)
     await decide_through_the_link(people, emulator, request_id)
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is False
-    by_requester = await call(
-        "exception_revoke",
-        "POST",
-        f"/api/exceptions/{request_id}/revoke",
-        user=people.requester,
-        body={},
-        route_params={"id": request_id},
-    )
+    by_requester = await revoke_through_the_api(request_id, people.requester)
     assert by_requester.status == 403
-    revoked = await call(
-        "exception_revoke",
-        "POST",
-        f"/api/exceptions/{request_id}/revoke",
-        user=people.approver,
-        body={},
-        route_params={"id": request_id},
-    )
+    revoked = await revoke_through_the_api(request_id, people.approver)
     assert revoked.status == 200, revoked.text
     assert emulator.tenant.find(people.printer.guid).smtp_client_authentication_disabled is True
     audit = await store.audit.of_run(f"revoke-{request_id}")
