@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--only full|incremental|coldstart|submission|export|rollout] [--quick]`.
+"""`python -m benchmarks [--only full|incremental|coldstart|submission|export|rollout|oauth] [--quick]`.
 
 Runs the benchmarks, prints a table for each and writes .artifacts/bench-*.json.
 """
@@ -15,7 +15,7 @@ from .harness import machine
 
 
 def _runners() -> dict[str, Callable[[bool], dict[str, Any]]]:
-    from . import audit_export, cold_start, full_reconcile, incremental, rollout, submission
+    from . import audit_export, cold_start, full_reconcile, incremental, oauth_only, rollout, submission
 
     return {
         "full": full_reconcile.run,
@@ -24,6 +24,7 @@ def _runners() -> dict[str, Callable[[bool], dict[str, Any]]]:
         "submission": submission.run,
         "export": audit_export.run,
         "rollout": rollout.run,
+        "oauth": oauth_only.run,
     }
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
         "--only",
-        choices=("full", "incremental", "coldstart", "submission", "export", "rollout"),
+        choices=("full", "incremental", "coldstart", "submission", "export", "rollout", "oauth"),
         help="run one benchmark",
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke version (minutes, not tens of minutes)")

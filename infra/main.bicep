@@ -38,6 +38,14 @@ param approvers string = ''
 ])
 param enforcementMode string = 'report'
 
+@description('OAuth-only exceptions: off (default), report or enforce. Enforce assigns the users of OAuth-only exceptions an authentication policy that blocks Basic SMTP (docs/permissions.md).')
+@allowed([
+  'off'
+  'report'
+  'enforce'
+])
+param oauthOnlyPolicy string = 'off'
+
 @description('Public https:// URL of the app, used in mailed links. Default: the app\'s azurewebsites.net name.')
 param publicBaseUrl string = ''
 
@@ -195,6 +203,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'AZURE_TENANT_ID', value: tenant().tenantId }
         { name: 'AZURE_CLIENT_ID', value: identity.properties.clientId }
         { name: 'ENFORCEMENT_MODE', value: enforcementMode }
+        { name: 'OAUTH_ONLY_POLICY', value: oauthOnlyPolicy }
         { name: 'PUBLIC_BASE_URL', value: baseUrl }
         { name: 'NOTIFY_FROM', value: notifyFrom }
         { name: 'APPROVER_GROUP_ID', value: approverGroupId }

@@ -24,6 +24,17 @@ class EnforcementMode(StrEnum):
     ENFORCE = "enforce"
 
 
+class OAuthOnlyMode(StrEnum):
+    """OAUTH_ONLY_POLICY: Basic SMTP blocked for OAuth-only exceptions' users by an authentication policy.
+
+    Existing exceptions are `oauth`, so an upgrade starts `off` rather than assign policies at once.
+    """
+
+    OFF = "off"
+    REPORT = "report"  # planned and shown, never applied
+    ENFORCE = "enforce"  # applied by enforce runs, like the SMTP AUTH changes
+
+
 DEFAULT_GRAPH_ENDPOINT: Final = "https://graph.microsoft.com"
 DEFAULT_EXCHANGE_ENDPOINT: Final = "https://outlook.office365.com"
 DEFAULT_MAX_CHANGES_PER_RUN: Final = 500
@@ -79,6 +90,7 @@ class Settings:
     sweep_time_budget_seconds: int
     exception_max_days: int
     sweep_lease_seconds: int = 60  # SWEEP_LEASE_SECONDS: how long a dead run can hold the others off
+    oauth_only_policy: OAuthOnlyMode = OAuthOnlyMode.OFF  # OAUTH_ONLY_POLICY
 
     @property
     def exchange_scope(self) -> str:
@@ -167,6 +179,14 @@ def _mode(env: Mapping[str, str]) -> EnforcementMode:
         raise SettingsError("ENFORCEMENT_MODE", "report or enforce") from None
 
 
+def _oauth_only(env: Mapping[str, str]) -> OAuthOnlyMode:
+    value = (_raw(env, "OAUTH_ONLY_POLICY") or OAuthOnlyMode.OFF).lower()
+    try:
+        return OAuthOnlyMode(value)
+    except ValueError:
+        raise SettingsError("OAUTH_ONLY_POLICY", "off, report or enforce") from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise SettingsError naming the first bad one."""
     env = os.environ if env is None else env
@@ -184,6 +204,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sweep_time_budget_seconds=_int(env, "SWEEP_TIME_BUDGET_SECONDS", DEFAULT_SWEEP_TIME_BUDGET_SECONDS, 1, 86_400),
         exception_max_days=_int(env, "EXCEPTION_MAX_DAYS", DEFAULT_EXCEPTION_MAX_DAYS, 1, 3650),
         sweep_lease_seconds=_int(env, "SWEEP_LEASE_SECONDS", DEFAULT_SWEEP_LEASE_SECONDS, 15, 600),
+        oauth_only_policy=_oauth_only(env),
     )
 
 

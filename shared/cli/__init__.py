@@ -22,6 +22,7 @@ from shared.cli.console import Exit, Parser, complete_or_nothing, progress_to
 from shared.errors import GuardError, InputError, RefusedError
 from shared.microsoft.identity import actor_for
 from shared.model import export
+from shared.model.auth_policy import TAKES_EFFECT_WITHIN, describe
 from shared.model.clock import utc_now
 from shared.model.exception_records import AuthMethod, ExceptionRecord
 from shared.model.runs import AuditedChange, RunOutcome, RunSummary, tri_state
@@ -203,6 +204,7 @@ def summary_json(summary: RunSummary) -> dict[str, Any]:
     data["changes"] = [
         {**c.to_json(), "before": tri_state(c.before), "after": tri_state(c.after)} for c in summary.changes
     ]
+    data["policy_changes"] = [c.to_json() for c in summary.policy_changes]
     data["org_smtp_auth_disabled"] = tri_state(summary.org_smtp_auth_disabled)
     data["hold"] = summary.hold.to_json() if summary.hold else None
     return data
@@ -228,6 +230,7 @@ def _print_summary(summary: RunSummary, out: TextIO) -> None:
             )
         if len(summary.changes) > PLAN_LINES:
             out.write(f"    ... and {len(summary.changes) - PLAN_LINES} more (all in --json and the plan table)\n")
+    _print_policy_changes(summary, out)
     if summary.mode == EnforcementMode.ENFORCE:
         out.write(f"  applied: {summary.applied}; failed: {summary.failed}; left for next run: {summary.remaining}\n")
     if summary.plan_id:
@@ -235,6 +238,22 @@ def _print_summary(summary: RunSummary, out: TextIO) -> None:
     for error in summary.errors[:5]:
         out.write(f"  error: {error}\n")
     out.write(f"  {summary.message}\n")
+
+
+def _print_policy_changes(summary: RunSummary, out: TextIO) -> None:
+    """The OAuth-only exceptions' authentication-policy changes, and what the run left alone."""
+    if summary.policy_changes:
+        how = "OAUTH_ONLY_POLICY=report: planned, never applied" if summary.policy_report_only else "counted above"
+        out.write(f"  authentication policies of OAuth-only exceptions ({how}; before -> after, reason):\n")
+        for change in summary.policy_changes[:PLAN_LINES]:
+            out.write(
+                f"    {change.address:<44} {describe(change.before)} -> {describe(change.after)} {change.reason}\n"
+            )
+        if len(summary.policy_changes) > PLAN_LINES:
+            out.write(f"    ... and {len(summary.policy_changes) - PLAN_LINES} more (all in --json)\n")
+        out.write(f"  a policy change can take {TAKES_EFFECT_WITHIN} to apply in Exchange Online\n")
+    for note in summary.notes[:PLAN_LINES]:
+        out.write(f"  note: {note}\n")
 
 
 async def _exceptions_add(

@@ -191,6 +191,8 @@ async def exceptions_show(
         out.write("  no requests, exceptions or changes recorded\n")
     for event in history.events:
         out.write(f"  {event.at:%Y-%m-%d %H:%M}Z  {event.kind:<15} {event.detail}  [{event.ref}]\n")
+    if line := histories.assignment_line(history.assignment):
+        out.write(f"{line}\n")
     usage = history.usage
     if usage is None:
         out.write(f"SMTP AUTH sign-ins: {history.sign_ins.unavailable}\n")

@@ -37,6 +37,7 @@ from shared.errors import (
     MailboxNotFoundError,
 )
 from shared.microsoft.transport import transport_options
+from shared.model.auth_policy import AuthPolicies, policy_name
 from shared.model.backoff import jittered
 from shared.model.mailbox import MailboxState, Recipient
 
@@ -48,6 +49,7 @@ PAGE_SIZE: Final = 1000
 CAS_SELECT: Final = ("Guid", "PrimarySmtpAddress", "SmtpClientAuthenticationDisabled")
 # One mailbox looked up on its own also says which user it belongs to.
 ONE_MAILBOX_SELECT: Final = (*CAS_SELECT, "ExternalDirectoryObjectId")
+USER_POLICY_SELECT: Final = ("Guid", "AuthenticationPolicy")
 RECIPIENT_SELECT: Final = ("Guid", "PrimarySmtpAddress", "ExternalDirectoryObjectId", "RecipientTypeDetails")
 # Exchange reads `*` in an -Identity as a wildcard; no caller may ever send one (the input rules refuse
 # it too, in shared/workflow/validation.py).
@@ -287,6 +289,25 @@ class ExchangeClient:
         bodies = [_set_body(identity, value) for identity, value in items]
         answers = await self._batch("Set-CASMailbox", bodies, self._invoke_url(None))
         return [SetOutcome(i, value, error) for (i, value), (_, error) in zip(items, answers, strict=True)]
+
+    async def authentication_policies(self) -> AuthPolicies:
+        """The tenant's authentication policies and the organisation's default one."""
+        policies, orgs = await asyncio.gather(
+            self.invoke("Get-AuthenticationPolicy", {}), self.invoke("Get-OrganizationConfig", {})
+        )
+        default = policy_name((orgs[0] if orgs else {}).get("DefaultAuthenticationPolicy"))
+        return AuthPolicies(tuple(policies), default)
+
+    async def user_policies(self, guids: Sequence[str]) -> dict[str, str]:
+        """The authentication policy assigned to each mailbox's user ("" for none), by GUID; a GUID that
+        names no user is left out. Ten to a $batch."""
+        found = await self.get_each("Get-User", guids, USER_POLICY_SELECT)
+        return {g: policy_name(item.get("AuthenticationPolicy")) for g, item in zip(guids, found, strict=True) if item}
+
+    async def set_user_policy_batch(self, items: Sequence[tuple[str, str]]) -> list[ExchangeCommandError | None]:
+        """Assign up to 10 users an authentication policy by name ("" takes the assignment away)."""
+        bodies = [_cmdlet_body("Set-User", {"Identity": g, "AuthenticationPolicy": p or None}) for g, p in items]
+        return [error for _, error in await self._batch("Set-User", bodies, self._invoke_url(None))]
 
     async def get_each(
         self, cmdlet: str, identities: Sequence[str], select: Sequence[str] | None = None

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from shared.model.auth_policy import APP_POLICY_NAME, CREATE_APP_POLICY, TAKES_EFFECT_WITHIN
+
 
 class Probe(StrEnum):
     """How doctor tries a cmdlet without changing anything."""
@@ -30,6 +32,7 @@ class ExchangeRight:
     without: str
     probe: Probe
     required: bool = True  # False: a feature degrades, the sweeps still work
+    probe_value: bool | None = None  # a SET probe's value of its second parameter, on a GUID that names nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ EXCHANGE_RIGHTS: Final = (
         "switch SMTP AUTH off (sweeps, revocations) and on (approvals, undo)",
         "enforce runs, approvals and revocations fail; report mode still works",
         Probe.SET,
+        probe_value=True,
     ),
     ExchangeRight(
         "Get-TransportConfig",
@@ -82,16 +86,28 @@ EXCHANGE_RIGHTS: Final = (
     ExchangeRight(
         "Get-User",
         ("Identity",),
-        "the authentication policy assigned to a mailbox's user (the approval page's Basic blockers)",
-        "the approval page cannot say which authentication policy applies",
+        "the authentication policy assigned to a mailbox's user (the approval page's Basic blockers, "
+        "OAuth-only exceptions)",
+        "the approval page cannot say which authentication policy applies; with OAUTH_ONLY_POLICY on, "
+        "no policy is assigned or restored",
         Probe.LOOKUP,
+        required=False,
+    ),
+    ExchangeRight(
+        "Set-User",
+        ("Identity", "AuthenticationPolicy"),
+        f"assign the app's authentication policy ('{APP_POLICY_NAME}') to the users of OAuth-only exceptions, "
+        "and put their previous one back (OAUTH_ONLY_POLICY=enforce)",
+        "OAuth-only exceptions allow Basic SMTP too wherever no policy blocks it; the sweeps still work",
+        Probe.SET,
         required=False,
     ),
     ExchangeRight(
         "Get-AuthenticationPolicy",
         (),
-        "which authentication policies block Basic SMTP AUTH",
-        "the approval page cannot warn that a policy blocks Basic",
+        "which authentication policies block Basic SMTP AUTH, and whether the app's exists",
+        "the approval page cannot warn that a policy blocks Basic; with OAUTH_ONLY_POLICY on, no policy "
+        "is assigned or restored",
         Probe.READ,
         required=False,
     ),
@@ -99,7 +115,8 @@ EXCHANGE_RIGHTS: Final = (
         "Get-OrganizationConfig",
         (),
         "the organisation's default authentication policy",
-        "the approval page cannot say which authentication policy applies",
+        "the approval page cannot say which authentication policy applies; with OAUTH_ONLY_POLICY on, "
+        "no policy is assigned or restored",
         Probe.READ,
         required=False,
     ),
@@ -174,6 +191,7 @@ def render_markdown() -> str:
         lines.append(f"| `{permission.name}` | {required} | {permission.why} | {permission.without} |")
     lines += [
         "",
+        *_app_policy_section(),
         "Mail.Send granted in Entra reaches every mailbox. Scope it to `NOTIFY_FROM`: grant it only through",
         "Exchange's RBAC for Applications with a management scope, or keep the Entra grant and restrict it",
         "with an application access policy (`New-ApplicationAccessPolicy -AccessRight RestrictAccess`).",
@@ -181,6 +199,27 @@ def render_markdown() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _app_policy_section() -> list[str]:
+    return [
+        "## The app's authentication policy (OAuth-only exceptions)",
+        "",
+        "SMTP AUTH switched on for a mailbox allows Basic SMTP too, wherever the user's authentication policy",
+        "(assigned, or the organisation's default) does not block it. With `OAUTH_ONLY_POLICY=enforce` the",
+        f"sweeps assign the users of OAuth-only exceptions the policy `{APP_POLICY_NAME}`, which blocks",
+        "Basic for every protocol, where nothing blocks Basic SMTP already, and put the previous assignment",
+        f"back when the exception ends. A change of policy can take {TAKES_EFFECT_WITHIN} to apply.",
+        "",
+        "Creating a policy needs rights the sweeps should not hold, so an admin creates it once:",
+        "",
+        "```powershell",
+        CREATE_APP_POLICY,
+        "```",
+        "",
+        "`doctor` says whether it exists; a sweep that cannot find it says so once per run and goes on.",
+        "",
+    ]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Final
 
 from shared.model.actor import Actor
+from shared.model.auth_policy import PolicyChange
 from shared.model.clock import utc_now
 from shared.model.hold import Hold
 from shared.model.mailbox import Change, ChangeReason
@@ -76,11 +77,12 @@ class StoredPlan:
     org_smtp_auth_disabled: bool | None
     changes: list[Change] = field(default_factory=list)
     undoes: str = ""  # an undo plan: the run whose changes it puts back
+    policy_changes: list[PolicyChange] = field(default_factory=list)  # authentication policies (OAuth-only)
 
     def counts(self) -> dict[str, int]:
         """Changes by reason: the four a sweep plans always (zero included), others only when present."""
         counts = {reason.value: 0 for reason in SWEEP_REASONS}
-        for change in self.changes:
+        for change in [*self.changes, *self.policy_changes]:
             counts[change.reason.value] = counts.get(change.reason.value, 0) + 1
         return counts
 
@@ -134,6 +136,11 @@ class RunSummary:
     hold: Hold | None = None  # the enforcement hold the run found, if any
     undoes: str | None = None  # an undo run: the run whose changes it put back
     skipped: list[str] = field(default_factory=list)  # an undo's mailboxes changed since that run
+    # OAuth-only exceptions: authentication-policy changes. Counted in planned, applied and by_reason
+    # like the SMTP AUTH changes, except with OAUTH_ONLY_POLICY=report (`policy_report_only`).
+    policy_changes: list[PolicyChange] = field(default_factory=list)
+    policy_report_only: bool = False
+    notes: list[str] = field(default_factory=list)  # what the run noticed and left alone
 
     @property
     def ok(self) -> bool:

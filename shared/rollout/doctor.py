@@ -28,7 +28,15 @@ from shared.microsoft.exchange import ExchangeClient
 from shared.microsoft.graph import NOT_PREMIUM, GraphClient, GraphError
 from shared.microsoft.identity import build_credential
 from shared.microsoft.rights import EXCHANGE_APP_PERMISSION, EXCHANGE_RIGHTS, GRAPH_PERMISSIONS, ExchangeRight, Probe
-from shared.settings import Settings, SettingsError, WorkflowSettings, load_settings, load_workflow_settings
+from shared.model.auth_policy import APP_POLICY_NAME, CREATE_APP_POLICY, AuthPolicies
+from shared.settings import (
+    OAuthOnlyMode,
+    Settings,
+    SettingsError,
+    WorkflowSettings,
+    load_settings,
+    load_workflow_settings,
+)
 from shared.storage import Store
 
 SKEW_WARN: Final = timedelta(minutes=1)
@@ -64,7 +72,8 @@ async def run_doctor(env: dict[str, str] | None = None) -> list[Check]:
         settings = load_settings(env)
     except SettingsError as err:
         return [Check("settings", Level.FAIL, str(err))]
-    checks = [ok("settings", f"tenant {settings.tenant_id}, {settings.enforcement_mode.value} mode")]
+    mode = f"{settings.enforcement_mode.value} mode, OAUTH_ONLY_POLICY={settings.oauth_only_policy.value}"
+    checks = [ok("settings", f"tenant {settings.tenant_id}, {mode}")]
     workflow: WorkflowSettings | None = None
     try:
         workflow = load_workflow_settings(env)
@@ -93,6 +102,7 @@ async def _with_settings(
         checks.append(_roles(exchange_token, "Exchange", {EXCHANGE_APP_PERMISSION: True}))
         async with open_exchange(settings, credential) as exchange:
             checks += [await _cmdlet(exchange, right) for right in EXCHANGE_RIGHTS]
+            checks.append(await _app_policy(exchange, settings.oauth_only_policy))
     if graph_token is not None:
         checks.append(_roles(graph_token, "Graph", {p.name: p.required for p in GRAPH_PERMISSIONS}))
         graph = open_graph(settings, credential)
@@ -160,12 +170,10 @@ def _roles(claims: dict[str, Any], what: str, wanted: dict[str, bool]) -> Check:
 async def _cmdlet(exchange: ExchangeClient, right: ExchangeRight) -> Check:
     name = f"Exchange {right.cmdlet}"
     nobody = str(uuid.uuid4())  # names no object: a Set or a lookup of it changes and finds nothing
-    parameters: dict[str, Any] = {
-        Probe.LIST: {"ResultSize": 1},
-        Probe.READ: {},
-        Probe.LOOKUP: {"Identity": nobody},
-        Probe.SET: {"Identity": nobody, "SmtpClientAuthenticationDisabled": True},
-    }[right.probe]
+    if right.probe is Probe.SET:  # the cmdlet's own setting, on a GUID that names no object
+        parameters: dict[str, Any] = {"Identity": nobody, right.parameters[1]: right.probe_value}
+    else:
+        parameters = {Probe.LIST: {"ResultSize": 1}, Probe.READ: {}, Probe.LOOKUP: {"Identity": nobody}}[right.probe]
     try:
         await exchange.invoke(right.cmdlet, parameters)
     except MailboxNotFoundError:
@@ -175,6 +183,28 @@ async def _cmdlet(exchange: ExchangeClient, right: ExchangeRight) -> Check:
     except GuardError as err:
         return Check(name, Level.FAIL, f"could not be tried: {err}", right.required)
     return ok(name, "allowed")
+
+
+async def _app_policy(exchange: ExchangeClient, mode: OAuthOnlyMode) -> Check:
+    """Whether the policy the sweeps assign exists and blocks Basic SMTP: said while OAUTH_ONLY_POLICY
+    is off (an ok line), a warning in report mode, a blocking FAIL when enforced."""
+    name, needed = "app authentication policy", mode is OAuthOnlyMode.ENFORCE
+    level = {OAuthOnlyMode.OFF: Level.OK, OAuthOnlyMode.REPORT: Level.WARN}.get(mode, Level.FAIL)
+    unused = f" (not used while OAUTH_ONLY_POLICY={mode.value})" if mode is OAuthOnlyMode.OFF else ""
+    try:
+        policies = AuthPolicies(tuple(await exchange.invoke("Get-AuthenticationPolicy", {})))
+    except GuardError as err:
+        return Check(name, level, f"could not be read: {err}{unused}", needed)
+    if policies.blocks_basic_smtp(APP_POLICY_NAME):
+        return ok(name, f"'{APP_POLICY_NAME}' exists and blocks Basic SMTP{unused}")
+    if policies.app_policy is None:
+        detail = f"'{APP_POLICY_NAME}' does not exist: create it with `{CREATE_APP_POLICY}`{unused}"
+    else:
+        detail = (
+            f"'{APP_POLICY_NAME}' allows Basic SMTP, so assigning it blocks nothing: run "
+            f'`Set-AuthenticationPolicy -Identity "{APP_POLICY_NAME}" -AllowBasicAuthSmtp:$false`{unused}'
+        )
+    return Check(name, level, detail, needed)
 
 
 def _refusal(right: ExchangeRight, err: ExchangeCommandError) -> str:

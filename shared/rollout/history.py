@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from shared.errors import GuardError
 from shared.microsoft.exchange import ExchangeClient
+from shared.model.auth_policy import APP_POLICY_NAME, TAKES_EFFECT_WITHIN, AuditedPolicyChange, PolicyAssignment
+from shared.model.auth_policy import describe as describe_policy
 from shared.model.exception_records import ExceptionRecord, ExceptionStatus
 from shared.model.requests import ExceptionRequest, RequestStatus
 from shared.model.runs import AuditedChange, tri_state
@@ -28,7 +30,18 @@ if TYPE_CHECKING:  # msgraph-sdk is large: only the commands that read Graph imp
 _ORDER: Final = {
     kind: n
     for n, kind in enumerate(
-        ("requested", "approved", "denied", "request-expired", "granted", "renewed", "revoked", "expired", "change")
+        (
+            "requested",
+            "approved",
+            "denied",
+            "request-expired",
+            "granted",
+            "renewed",
+            "revoked",
+            "expired",
+            "policy",
+            "change",
+        )
     )
 }
 
@@ -36,7 +49,7 @@ _ORDER: Final = {
 @dataclass(frozen=True, slots=True)
 class HistoryEvent:
     at: datetime
-    kind: str  # requested, approved, denied, request-expired, granted, renewed, revoked, expired, change
+    kind: str  # requested, approved, denied, request-expired, granted, renewed, revoked, expired, policy, change
     detail: str
     ref: str  # the request, exception or run it comes from
 
@@ -49,6 +62,7 @@ class MailboxHistory:
     sign_ins: SignInEvidence
     keys: tuple[str, ...]  # what its sign-ins are matched by
     note: str = ""  # what could not be read (Exchange), when something could not
+    assignment: PolicyAssignment | None = None  # the app's authentication policy, while it is assigned
 
     @property
     def usage(self) -> SmtpUsage | None:
@@ -74,22 +88,30 @@ async def mailbox_history(
     records = [r for guid in sorted(guids) for r in await store.exceptions.of_mailbox(guid)]
     requests = [found[0] for rid in pointers.requests if (found := await store.requests.get(rid)) is not None]
     changes = [c async for c in store.audit.history(address, pointers)]
+    policies = await store.audit.policy_history(pointers)
+    assigned = [a for guid in sorted(guids) if (a := await store.policy_assignments.of_mailbox(guid)) is not None]
     sign_ins = await read_sign_ins(graph, now, SIGN_IN_DAYS_MAX, user_id=user_id, upn=address)
     return MailboxHistory(
         mailbox=address,
         mailbox_guids=tuple(sorted(guids)),
-        events=events(records, requests, changes, now),
+        events=events(records, requests, changes, now, policies),
         sign_ins=sign_ins,
         keys=(user_id, address),
         note=note,
+        assignment=next((a for a in assigned if a.assigned_at is not None), None),
     )
 
 
 def events(
-    records: list[ExceptionRecord], requests: list[ExceptionRequest], changes: list[AuditedChange], now: datetime
+    records: list[ExceptionRecord],
+    requests: list[ExceptionRequest],
+    changes: list[AuditedChange],
+    now: datetime,
+    policies: list[AuditedPolicyChange] | None = None,
 ) -> list[HistoryEvent]:
     """Everything that happened to the mailbox, oldest first."""
     found = [event for request in requests for event in _request_events(request)]
+    found += policy_events(policies or [])
     found += _exception_events(records, now)
     found += [
         HistoryEvent(
@@ -102,6 +124,30 @@ def events(
         for c in changes
     ]
     return sorted(found, key=lambda e: (e.at, _ORDER.get(e.kind, len(_ORDER))))
+
+
+def policy_events(changes: list[AuditedPolicyChange]) -> list[HistoryEvent]:
+    """The authentication-policy changes of OAuth-only exceptions (after the other events of an instant)."""
+    return [
+        HistoryEvent(
+            c.at,
+            "policy",
+            f"authentication policy {describe_policy(c.before)} -> {describe_policy(c.after)} ({c.reason}) by "
+            f"{c.actor or 'unknown'}" + (", recovered after a crash" if c.recovered else ""),
+            c.run_id,
+        )
+        for c in changes
+    ]
+
+
+def assignment_line(assignment: PolicyAssignment | None) -> str:
+    if assignment is None or assignment.assigned_at is None:
+        return ""
+    return (
+        f"Basic SMTP blocked by the authentication policy '{APP_POLICY_NAME}', assigned "
+        f"{assignment.assigned_at:%Y-%m-%d %H:%M}Z (it can take {TAKES_EFFECT_WITHIN} to apply); "
+        f"{describe_policy(assignment.previous)} goes back when the exception ends"
+    )
 
 
 def _request_events(request: ExceptionRequest) -> list[HistoryEvent]:
@@ -151,6 +197,18 @@ def as_json(history: MailboxHistory) -> dict[str, Any]:
         "failures": usage.failures if usage else None,
         "last_failure": _iso(usage.last_failure) if usage and usage.last_failure else None,
         "signins_unavailable": history.sign_ins.unavailable or None,
+        "policy_assignment": _assignment_json(history.assignment),
+    }
+
+
+def _assignment_json(assignment: PolicyAssignment | None) -> dict[str, Any] | None:
+    if assignment is None or assignment.assigned_at is None:
+        return None
+    return {
+        "policy": APP_POLICY_NAME,
+        "assigned_at": _iso(assignment.assigned_at),
+        "previous": assignment.previous or None,
+        "run_id": assignment.run_id,
     }
 
 

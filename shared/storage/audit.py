@@ -19,6 +19,7 @@ from azure.data.tables import TableTransactionError
 
 from shared.errors import RefusedError
 from shared.model.actor import Actor
+from shared.model.auth_policy import AuditedPolicyChange, PolicyChange
 from shared.model.clock import utc_now
 from shared.model.hold import Hold
 from shared.model.runs import AuditedChange, AuditEntry, RunSummary, from_tri_state, tri_state
@@ -29,12 +30,14 @@ from shared.storage.tables import (
     CHANGE_ROW_RANGE,
     HOLD_EVENT_ROW,
     NO_ECHO,
+    POLICY_ROW_RANGE,
     PROPERTY_CHARS,
     SUMMARY_ROW,
     TRANSACTION_LIMIT,
     UNINDEXED_PARTITION,
     TableClients,
     audit_change_row,
+    audit_policy_row,
     day_partition,
     mailbox_index_key,
     prefix_range,
@@ -80,6 +83,56 @@ class AuditRepository:
                         await self._insert_missing(chunk)
                 if index_mailboxes:
                     await self.index_mailboxes(run_id, [(e.change.address, e.change.guid) for e in run_entries])
+
+    async def append_policy_changes(
+        self,
+        run_id: str,
+        changes: Sequence[PolicyChange],
+        actor: Actor,
+        at: datetime,
+        *,
+        plan_id: str | None = None,
+        recovered: bool = False,
+    ) -> None:
+        """Append `policy-{guid}` rows for authentication-policy changes, indexed by day and by mailbox.
+
+        They are few (one per OAuth-only exception at most), so they are indexed at once.
+        """
+        entities = [_policy_entity(run_id, c, actor, at, plan_id, recovered) for c in changes]
+        if not entities:
+            return
+        async with storage_errors("write the audit trail"):
+            await self._index_days(run_id, {day_partition(at)})
+            for start in range(0, len(entities), TRANSACTION_LIMIT):
+                chunk = entities[start : start + TRANSACTION_LIMIT]
+                try:
+                    await submit(self._tables[AUDIT_TABLE], [("create", entity) for entity in chunk])
+                except RefusedError:
+                    await self._insert_missing(chunk)
+        await self.index_mailboxes(run_id, [(c.address, c.guid) for c in changes])
+
+    async def policy_changes(self, run_id: str) -> list[AuditedPolicyChange]:
+        """A run's policy rows."""
+        first, after = POLICY_ROW_RANGE
+        async with storage_errors("read the run's audit rows"):
+            return [
+                _audited_policy(e)
+                async for e in self._tables[AUDIT_TABLE].query_entities(
+                    "PartitionKey eq @pk and RowKey ge @first and RowKey lt @after",
+                    parameters={"pk": run_id, "first": first, "after": after},
+                )
+            ]
+
+    async def policy_history(self, pointers: MailboxPointers) -> list[AuditedPolicyChange]:
+        """The policy rows of the runs a mailbox's index points at, oldest first."""
+        found: list[AuditedPolicyChange] = []
+        async with storage_errors("read the audit trail"):
+            for run, guid in pointers.runs:
+                with suppress(ResourceNotFoundError):  # a run that changed SMTP AUTH only
+                    found.append(
+                        _audited_policy(await self._tables[AUDIT_TABLE].get_entity(run, audit_policy_row(guid)))
+                    )
+        return sorted(found, key=lambda c: (c.at, c.run_id))
 
     async def index_mailboxes(self, run_id: str, mailboxes: Iterable[tuple[str, str]]) -> None:
         """Index a run's change rows by mailbox: `mailboxes` holds (address, GUID) pairs.
@@ -333,6 +386,39 @@ def _change_entity(entry: AuditEntry) -> dict[str, Any]:
         "At": entry.at,
         **({"Recovered": True} if entry.recovered else {}),
     }
+
+
+def _policy_entity(
+    run_id: str, change: PolicyChange, actor: Actor, at: datetime, plan_id: str | None, recovered: bool
+) -> dict[str, Any]:
+    return {
+        "PartitionKey": run_id,
+        "RowKey": audit_policy_row(change.guid),
+        "MailboxGuid": change.guid,
+        "MailboxAddress": change.address,
+        "BeforePolicy": change.before,
+        "AfterPolicy": change.after,
+        "Reason": change.reason.value,
+        "Actor": actor.object_id,
+        "ActorAppId": actor.app_id,
+        "PlanId": plan_id or "",
+        "At": at,
+        **({"Recovered": True} if recovered else {}),
+    }
+
+
+def _audited_policy(entity: Any) -> AuditedPolicyChange:
+    return AuditedPolicyChange(
+        run_id=entity["PartitionKey"],
+        at=entity["At"],
+        mailbox=entity.get("MailboxAddress", ""),
+        mailbox_guid=entity.get("MailboxGuid", ""),
+        before=entity.get("BeforePolicy", ""),
+        after=entity.get("AfterPolicy", ""),
+        reason=entity.get("Reason", ""),
+        actor=entity.get("Actor", ""),
+        recovered=bool(entity.get("Recovered", False)),
+    )
 
 
 def _summary_entity(summary: RunSummary) -> dict[str, Any]:

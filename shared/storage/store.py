@@ -16,6 +16,7 @@ from shared.storage.exceptions import ExceptionRepository
 from shared.storage.intents import IntentRepository
 from shared.storage.outbox import OutboxRepository
 from shared.storage.plans import PlanRepository
+from shared.storage.policy_assignments import PolicyAssignmentRepository
 from shared.storage.requests import RequestRepository
 from shared.storage.state import StateRepository
 from shared.storage.tables import TableClients
@@ -36,6 +37,7 @@ class Store:
         self.outbox = OutboxRepository(tables)
         self.requests = RequestRepository(tables, self.outbox)
         self.usage = UsageReportRepository(tables)
+        self.policy_assignments = PolicyAssignmentRepository(tables)
 
     async def __aenter__(self) -> Self:
         return self

@@ -63,6 +63,8 @@ LEASE_ROW: Final = "lease"
 HOLD_ROW: Final = "hold"  # in SWEEP_PARTITION: the enforcement hold, while it stands
 
 
+# Row = mailbox GUID: the app's authentication policy assigned to its user (PolicyAssignment).
+OAUTH_ONLY_PARTITION: Final = "oauth-only"
 USAGE_PARTITION: Final = "usage-report"  # the last SMTP AUTH clients report merged by `inventory --usage-csv`
 USAGE_LATEST_ROW: Final = "latest"  # ImportId, ImportedAt, ImportedBy, Senders: which rows are current
 
@@ -94,6 +96,13 @@ def plan_chunk_row(index: int) -> str:
     return f"changes-{index:05d}"
 
 
+POLICY_CHUNK_RANGE: Final = ("policies-", "policies.")  # the plan's authentication-policy changes
+
+
+def plan_policy_chunk_row(index: int) -> str:
+    return f"policies-{index:05d}"
+
+
 # -- SmtpGuardAudit: partition = run id -------------------------------------------------------------
 
 SUMMARY_ROW: Final = "summary"
@@ -105,6 +114,15 @@ CHANGE_ROW_RANGE: Final = ("change-", "change.")  # every change row's key sorts
 
 def audit_change_row(mailbox_guid: str) -> str:
     return f"change-{mailbox_guid}"
+
+
+# A change of the authentication policy of a mailbox's user (OAuth-only exceptions): the export of
+# SMTP AUTH changes reads CHANGE_ROW_RANGE only, so these rows have a range of their own.
+POLICY_ROW_RANGE: Final = ("policy-", "policy.")
+
+
+def audit_policy_row(mailbox_guid: str) -> str:
+    return f"policy-{mailbox_guid}"
 
 
 # -- SmtpGuardIntents: partition = run id, and one partition of the runs still open --------------------

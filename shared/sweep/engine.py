@@ -24,10 +24,11 @@ from shared.model.clock import Clock, utc_now
 from shared.model.exception_records import ExceptionRecord
 from shared.model.mailbox import Change
 from shared.model.runs import AuditEntry, PlanStatus, RunOutcome, RunSummary, StoredPlan, new_run_id
-from shared.settings import EnforcementMode, Settings
+from shared.settings import EnforcementMode, OAuthOnlyMode, Settings
 from shared.storage import Lease, SweepState
 from shared.storage.intents import Intent, OpenRun
 from shared.sweep.applier import ApplyResult, apply_changes
+from shared.sweep.oauth_only import confirmable_policies
 from shared.sweep.planner import (
     PlanSummary,
     changed_since,
@@ -37,6 +38,7 @@ from shared.sweep.planner import (
     plan_changes,
     plan_mailbox,
 )
+from shared.sweep.policies import PolicyApplyResult, apply_policies, plan_policies
 from shared.sweep.recovery import index_pending_runs, settle_open_runs
 
 logger = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class SweepRun:
         self.deadline = time.monotonic() + settings.sweep_time_budget_seconds
         self.lease: Lease | None = None
         self._unreadable_hold = ""
+        self._forget: list[str] = []  # policy assignments another admin's change made stale
 
     async def run(self, request: SweepRequest) -> RunSummary:
         summary = self.new_summary(full=request.full or request.confirm_plan is not None)
@@ -168,6 +171,7 @@ class SweepRun:
         since = None if summary.full else state.watermark - WATERMARK_OVERLAP  # type: ignore[operator]
         listing_started = self.clock()
         listing_seconds = await self._list_and_plan(summary, exceptions, since, now)
+        await self._plan_policies(summary, now)
         resume = await self._conclude(request, summary, listing_seconds)
         if resume is _Resume.FROM_THIS_LISTING:  # everything before the listing began is done
             await self._save_state(summary, SweepState(watermark=listing_started, full_pending=False))
@@ -198,6 +202,38 @@ class SweepRun:
         summary.changes = changes
         return time.monotonic() - listing_clock
 
+    async def _plan_policies(self, summary: RunSummary, now: datetime) -> None:
+        """The OAuth-only exceptions' authentication policies (OAUTH_ONLY_POLICY): off plans nothing.
+
+        Counted like the SMTP AUTH changes (planned, by_reason, the cap) unless the setting is `report`.
+        An Exchange read that fails leaves the policies alone and is an error of the run, not its end:
+        the SMTP AUTH changes do not wait on a right only this step needs.
+        """
+        mode = self.settings.oauth_only_policy
+        if mode is OAuthOnlyMode.OFF:
+            return
+        assert summary.actor is not None
+        exceptions = effective_exceptions(await self.store.exceptions.all(), now)  # fail closed, as above
+        try:
+            plan = await plan_policies(
+                self.store, self.exchange, exceptions, now, settle_as=(summary.actor, self.clock)
+            )
+        except ExchangeError as err:
+            summary.errors.append(f"authentication policies not checked, none changed: {err}")
+            self.progress(f"error: {summary.errors[-1]}")
+            return
+        summary.notes, summary.policy_changes = plan.notes, plan.changes
+        summary.policy_report_only = mode is OAuthOnlyMode.REPORT
+        self._forget = plan.forget
+        for note in plan.notes:
+            self.progress(f"note: {note}")
+        if summary.policy_report_only:
+            self.progress(f"{len(plan.changes)} authentication-policy changes planned (OAUTH_ONLY_POLICY=report)")
+            return
+        summary.planned += len(plan.changes)
+        for change in plan.changes:
+            summary.by_reason[change.reason.value] = summary.by_reason.get(change.reason.value, 0) + 1
+
     async def _conclude(self, request: SweepRequest, summary: RunSummary, listing_seconds: float) -> _Resume:
         """Record the plan (report mode, over the cap) or apply it; says where the next run resumes."""
         if request.confirm_plan is not None:
@@ -222,34 +258,40 @@ class SweepRun:
             logger.error("SMTP AUTH Guard: %s", summary.message)
             resume = _Resume.AS_BEFORE
         else:
-            await self._apply_all(summary, summary.changes, listing_seconds)
+            smtp_done = await self._apply_all(summary, summary.changes, listing_seconds)
             # A partial incremental run is listed again from the old watermark; a partial full run is redone.
-            if summary.outcome is not RunOutcome.PARTIAL:
+            # Policy changes do not hold it back: they are planned afresh every run, whatever the listing.
+            if smtp_done:
                 resume = _Resume.FROM_THIS_LISTING
             else:
                 resume = _Resume.WITH_A_FULL_RUN if summary.full else _Resume.AS_BEFORE
         return resume
 
-    async def _apply_all(self, summary: RunSummary, changes: list[Change], listing_seconds: float) -> None:
-        """Apply `changes` and say in the summary how it went; StoreError when the audit trail failed."""
+    async def _apply_all(self, summary: RunSummary, changes: list[Change], listing_seconds: float) -> bool:
+        """Apply the policy changes, then `changes`, and say in the summary how it went; StoreError when
+        the audit trail failed. Policies first: an exception's Basic block before its SMTP AUTH goes on.
+        True when every one of `changes` landed."""
+        policies = await self.apply_policies(summary)
         result = await self.apply(summary, changes)
-        summary.applied = len(result.applied)
-        summary.failed = len(result.failed)
-        summary.remaining = len(result.not_started)
-        summary.errors = sorted({error for _, error in result.failed})[:20]
+        summary.applied = len(result.applied) + len(policies.applied)
+        summary.failed = len(result.failed) + len(policies.failed)
+        summary.remaining = len(result.not_started) + len(policies.not_started)
+        summary.errors += sorted({error for _, error in [*result.failed, *policies.failed]})[:20]
         if result.error is not None:
             raise StoreError(f"the audit trail could not be written, so the run stopped: {result.error}")
-        if not (result.failed or result.not_started):
+        smtp_done = not (result.failed or result.not_started)
+        if smtp_done and not (policies.failed or policies.not_started):
             summary.outcome, summary.message = RunOutcome.COMPLETED, f"applied {summary.applied} changes"
-            return
+            return True
         summary.outcome = RunOutcome.PARTIAL
-        stop = f", stopped by {result.stopped_by}" if result.stopped_by else ""
+        stopped_by = result.stopped_by or policies.stopped_by
+        stop = f", stopped by {stopped_by}" if stopped_by else ""
         if result.unexpected is not None:
             stop += f" ({type(result.unexpected).__name__}: {result.unexpected})"
             logger.error("SMTP AUTH Guard: run %s stopped", summary.run_id, exc_info=result.unexpected)
         summary.message = (
-            f"applied {summary.applied} of {len(changes)} changes, {summary.failed} failed, "
-            f"{summary.remaining} left for the next run{stop}"
+            f"applied {summary.applied} of {len(changes) + len(summary.policy_changes)} changes, "
+            f"{summary.failed} failed, {summary.remaining} left for the next run{stop}"
         )
         if result.stopped_by == "time budget" and not result.applied:
             # Every run would list again and stop here: say what to change rather than stall.
@@ -258,6 +300,38 @@ class SweepRun:
                 f"{self.settings.sweep_time_budget_seconds}: raise it (and the host's functionTimeout) "
                 "for a tenant this size"
             )
+        return smtp_done
+
+    async def apply_policies(self, summary: RunSummary, *, obey_hold: bool = True) -> PolicyApplyResult:
+        """Apply the summary's policy changes (none with OAUTH_ONLY_POLICY=report) and tidy stale records."""
+        if summary.policy_report_only or not (summary.policy_changes or self._forget):
+            return PolicyApplyResult()
+        assert summary.actor is not None
+        if obey_hold:
+            summary.hold = summary.hold or await self.store.state.hold()
+
+        def stop_when() -> str:
+            if self.lease is not None and not self.lease.held:
+                return "the sweep lease could not be renewed"
+            if obey_hold and summary.hold is not None:
+                return f"the enforcement hold ({summary.hold.describe()})"
+            return "time budget" if time.monotonic() >= self.deadline else ""
+
+        if stop_when():
+            return PolicyApplyResult(not_started=list(summary.policy_changes), stopped_by=stop_when())
+        await self.store.policy_assignments.forget(self._forget)
+        if summary.policy_changes:
+            self.progress(f"applying {len(summary.policy_changes)} authentication-policy changes")
+        return await apply_policies(
+            self.store,
+            self.exchange,
+            summary.policy_changes,
+            run_id=summary.run_id,
+            actor=summary.actor,
+            plan_id=summary.plan_id,
+            clock=self.clock,
+            stop_when=stop_when,
+        )
 
     async def _recheck(
         self, changes: list[Change], exceptions: dict[str, ExceptionRecord], since: datetime | None, now: datetime
@@ -310,12 +384,15 @@ class SweepRun:
                 f"{PLAN_CONFIRM_MAX_AGE}): run a new sweep and review its plan"
             )
         still, dropped = confirmable(plan.changes, current)
-        if dropped:
-            self.progress(f"{len(dropped)} reviewed changes no longer hold and are skipped")
+        policies_now = [] if summary.policy_report_only else summary.policy_changes
+        still_policies, dropped_policies = confirmable_policies(plan.policy_changes, policies_now)
+        if dropped or dropped_policies:
+            self.progress(f"{len(dropped) + len(dropped_policies)} reviewed changes no longer hold and are skipped")
         await self.store.plans.claim(plan_id, etag, summary.run_id)
         summary.plan_id = plan_id
-        summary.planned = len(still)
-        summary.changes = still
+        summary.planned = len(still) + len(still_policies)
+        summary.changes, summary.policy_changes = still, still_policies
+        summary.policy_report_only = False
         return still
 
     async def store_plan(
@@ -334,6 +411,7 @@ class SweepRun:
                 org_smtp_auth_disabled=summary.org_smtp_auth_disabled,
                 changes=changes,
                 undoes=undoes,
+                policy_changes=summary.policy_changes,
             )
         )
 
@@ -445,5 +523,8 @@ async def run_scheduled(full: bool) -> RunSummary:
     if not summary.ok:
         logger.error(line)
         raise RuntimeError(line)
+    if summary.errors:  # a step that did not fail the run (the OAuth-only policies' reads, say)
+        logger.warning("%s Errors: %s", line, "; ".join(summary.errors[:5]))
+        return summary
     logger.info(line)
     return summary

@@ -27,6 +27,7 @@ from shared.model.runs import PlanStatus, RunOutcome, RunSummary, run_started_at
 from shared.settings import EnforcementMode, Settings
 from shared.sweep.engine import SweepRun
 from shared.sweep.hold import pause
+from shared.sweep.oauth_only import plan_policy_undo
 from shared.sweep.planner import plan_undo
 
 MAX_AGE: Final = timedelta(days=30)  # an older run is history: grant or revoke exceptions instead
@@ -88,14 +89,20 @@ class _Undo(SweepRun):
     async def undo(self, request: UndoRequest, summary: RunSummary) -> None:
         # Read under the lease, after a dead run was settled: its recovered rows count too.
         rows = [row async for row in self.store.audit.export(run_id=request.run_id)]
-        if not rows:
+        policy_rows = await self.store.audit.policy_changes(request.run_id)
+        if not rows and not policy_rows:
             raise InputError("--run", f"run {request.run_id} changed no mailbox, or is unknown")
         current = await _current(self.exchange, [row.mailbox_guid for row in rows])
         changes, skipped = plan_undo(rows, current)
-        summary.scanned, summary.planned, summary.changes = len(rows), len(changes), changes
-        summary.skipped = sorted(row.mailbox for row in skipped)
-        if skipped:
-            self.progress(f"{len(skipped)} mailboxes changed since run {request.run_id} and are left as they are")
+        users = await self.exchange.user_policies(sorted({r.mailbox_guid for r in policy_rows})) if policy_rows else {}
+        summary.policy_changes, policy_skipped = plan_policy_undo(policy_rows, users)
+        summary.scanned, summary.changes = len(rows) + len(policy_rows), changes
+        summary.planned = len(changes) + len(summary.policy_changes)
+        summary.skipped = sorted(row.mailbox for row in [*skipped, *policy_skipped])
+        if summary.skipped:
+            self.progress(
+                f"{len(summary.skipped)} mailboxes changed since run {request.run_id} and are left as they are"
+            )
         if request.confirm_plan is None:
             await self.store_plan(summary, changes, PlanStatus.REPORTED, undoes=request.run_id)
             # Enforce without a reviewed plan is refused as such (exit 3), with the plan ready for review.
@@ -119,19 +126,19 @@ class _Undo(SweepRun):
         self.progress(f"{summary.hold.describe()}: run `python -m shared.cli resume` once the devices are sorted out")
 
     async def apply_undo(self, summary: RunSummary, changes: list[Change], request: UndoRequest) -> None:
+        policies = await self.apply_policies(summary, obey_hold=False)
         result = await self.apply(summary, changes, obey_hold=False)
-        summary.applied, summary.failed, summary.remaining = (
-            len(result.applied),
-            len(result.failed),
-            len(result.not_started),
-        )
-        summary.errors = sorted({error for _, error in result.failed})[:20]
+        summary.applied = len(result.applied) + len(policies.applied)
+        summary.failed = len(result.failed) + len(policies.failed)
+        summary.remaining = len(result.not_started) + len(policies.not_started)
+        summary.errors = sorted({error for _, error in [*result.failed, *policies.failed]})[:20]
         if result.error is not None:
             raise result.error
         granted = await self._grant(summary, [c for c in result.applied if c.after is False], request.grant)
-        done = not (result.failed or result.not_started)
+        done = not (result.failed or result.not_started or policies.failed or policies.not_started)
         summary.outcome = RunOutcome.COMPLETED if done else RunOutcome.PARTIAL
-        parts = [f"undid {summary.applied} of {len(changes)} changes of run {request.run_id}"]
+        total = len(changes) + len(summary.policy_changes)
+        parts = [f"undid {summary.applied} of {total} changes of run {request.run_id}"]
         parts += [f"{summary.failed} failed"] if summary.failed else []
         parts += [f"granted {granted} exceptions for {request.grant.days} days"] if request.grant else []
         parts += [summary.hold.describe()] if summary.hold else []

@@ -37,6 +37,7 @@ from shared.errors import (
 )
 from shared.microsoft.graph import Evidence
 from shared.model.actor import Actor
+from shared.model.auth_policy import AuthPolicies, policy_name
 from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
 from shared.model.mailbox import ChangeReason, MailboxState, Recipient
 from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
@@ -553,21 +554,9 @@ class ApprovalEvidence:
         return [s for s in self.sign_ins.of(*self.keys) if s.succeeded][:limit]
 
 
-def _policy_named(policies: list[dict[str, Any]], reference: str) -> dict[str, Any] | None:
-    """The policy a Get-User / Get-OrganizationConfig reference points at (a name, or a DN's CN)."""
-    wanted = reference.lower()
-    if wanted.startswith("cn="):
-        wanted = wanted[3:].split(",", 1)[0]
-    for policy in policies:
-        names = {str(policy.get(key) or "").lower() for key in ("Name", "Identity", "DistinguishedName")}
-        if wanted in names or reference.lower() in names:
-            return policy
-    return None
-
-
 async def _auth_policy(c: Clients, mailbox_guid: str) -> AuthPolicyFinding:
-    policies = await c.exchange.invoke("Get-AuthenticationPolicy", {})
-    blocking = tuple(str(p.get("Name", "")) for p in policies if p.get("AllowBasicAuthSmtp") is False)
+    listed = tuple(await c.exchange.invoke("Get-AuthenticationPolicy", {}))
+    blocking = AuthPolicies(listed).blocking
     try:
         users, orgs = await asyncio.gather(
             c.exchange.invoke("Get-User", {"Identity": mailbox_guid}),
@@ -575,12 +564,11 @@ async def _auth_policy(c: Clients, mailbox_guid: str) -> AuthPolicyFinding:
         )
     except GuardError as err:
         return AuthPolicyFinding(blocking, unresolved=f"not available (Get-User, Get-OrganizationConfig: {err})")
-    assigned = str((users[0] if users else {}).get("AuthenticationPolicy") or "")
-    default = str((orgs[0] if orgs else {}).get("DefaultAuthenticationPolicy") or "")
-    reference, source = (assigned, "assigned to the user") if assigned else (default, "the organisation's default")
+    policies = AuthPolicies(listed, policy_name((orgs[0] if orgs else {}).get("DefaultAuthenticationPolicy")))
+    reference, source = policies.applying(policy_name((users[0] if users else {}).get("AuthenticationPolicy")))
     if not reference:
         return AuthPolicyFinding(blocking)
-    policy = _policy_named(policies, reference)
+    policy = policies.named(reference)
     if policy is None:  # a reference to a policy not listed: nothing says it blocks
         return AuthPolicyFinding(blocking, reference, source)
     blocks = policy.get("AllowBasicAuthSmtp") is False

@@ -22,6 +22,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from shared.errors import PendingLimitError, RefusedError, WrongTenantError
 from shared.model.actor import Actor
+from shared.model.auth_policy import APP_POLICY_NAME, PolicyAssignment, PolicyChange, PolicyReason
 from shared.model.exception_records import AuthMethod, ExceptionRecord, ExceptionStatus
 from shared.model.mailbox import Change, ChangeReason
 from shared.model.notifications import NotificationKind, OutboxItem, OutboxStatus
@@ -58,6 +59,8 @@ REQUESTER_PARTITION = f"requester-{REQUESTER}"
 APPROVAL_NOTICE_ROW = "outbox-approval-request-20261130-0000"
 APPROVER = "f2e3d4c5-b6a7-4890-9bcd-ef0123456702"
 THIS_RUN = "20261202T020000Z-0badc0de"
+POLICY_RUN = "20261201T030000Z-9c8d7e6f"  # assigned the app's authentication policy to MAILBOX_A
+POLICY_PLAN = "20261201T040000Z-2b3c4d5e"  # a plan with an authentication-policy change
 
 _RELATIVE = re.compile(r"@now(?:([+-])(\d+)([dhm]))?")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -312,6 +315,55 @@ async def test_a_runs_audit_rows_are_read_and_only_ever_added_to(store: Store, s
     other = Actor("00000000-0000-4000-8000-000000000bad", "")
     await store.audit.append([AuditEntry(RUN_ID, change, other, contracts.now + timedelta(minutes=1))])
     assert {e["RowKey"]: e for e in await store.audit.of_run(RUN_ID)} == rows
+
+
+# -- OAuth-only exceptions: assignments, policy rows and plan chunks ------------------------------------
+
+
+async def test_a_stored_policy_assignment_is_read_and_ended_by_its_restore(
+    store: Store, storage: str, contracts: Loaded
+) -> None:
+    held = contracts.row(STATE_TABLE, "oauth-only", MAILBOX_A)
+    assert await store.policy_assignments.all() == {
+        MAILBOX_A: PolicyAssignment(MAILBOX_A, "scanner@contoso.com", "Legacy", held["AssignedAt"], POLICY_RUN)
+    }
+    restore = PolicyChange(MAILBOX_A, "scanner@contoso.com", APP_POLICY_NAME, "Legacy", PolicyReason.EXCEPTION_ENDED)
+    await store.policy_assignments.intend(restore, THIS_RUN, contracts.now)
+    pending = await stored(storage, STATE_TABLE, "oauth-only", MAILBOX_A)
+    assert pending is not None and pending.keys() == held.keys()  # today's writer keeps the layout
+    assert (pending["Pending"], pending["PendingRun"], pending["Previous"]) == ("restore", THIS_RUN, "Legacy")
+    assert pending["AssignedAt"] == held["AssignedAt"]  # merged: when it was assigned stays
+    await store.policy_assignments.landed(restore, THIS_RUN, contracts.now)
+    assert await stored(storage, STATE_TABLE, "oauth-only", MAILBOX_A) is None
+
+
+async def test_a_runs_policy_rows_are_read_and_only_ever_added_to(
+    store: Store, storage: str, contracts: Loaded
+) -> None:
+    old = contracts.row(AUDIT_TABLE, POLICY_RUN, f"policy-{MAILBOX_A}")
+    (row,) = await store.audit.policy_changes(POLICY_RUN)
+    assert (row.mailbox_guid, row.mailbox, row.before, row.after, row.reason, row.at) == (
+        MAILBOX_A, "scanner@contoso.com", "Legacy", APP_POLICY_NAME, "oauth-only", old["At"],
+    )  # fmt: skip
+    actor = Actor("9d8c7b6a-5f4e-4d3c-8b2a-190817263544", "0f1e2d3c-4b5a-4968-8776-655443322110")
+    again = PolicyChange(MAILBOX_A, "scanner@contoso.com", "", APP_POLICY_NAME, PolicyReason.OAUTH_ONLY)
+    other = PolicyChange(MAILBOX_B, "app-relay@contoso.com", "", APP_POLICY_NAME, PolicyReason.OAUTH_ONLY)
+    await store.audit.append_policy_changes(POLICY_RUN, [again, other], actor, contracts.now)
+    rows = await stored_partition(storage, AUDIT_TABLE, POLICY_RUN)
+    assert rows[f"policy-{MAILBOX_A}"] == old  # never rewritten
+    assert rows[f"policy-{MAILBOX_B}"].keys() == old.keys()
+
+
+async def test_a_plans_policy_chunk_is_loaded(store: Store, contracts: Loaded) -> None:
+    loaded = await store.plans.load(POLICY_PLAN)
+    assert loaded is not None
+    plan = loaded[0]
+    chunk = contracts.row(PLANS_TABLE, POLICY_PLAN, "policies-00000")["Changes"]
+    assert plan.changes == [] and json.dumps([c.to_json() for c in plan.policy_changes], separators=(",", ":")) == chunk
+    assert json.loads(contracts.row(PLANS_TABLE, POLICY_PLAN, "plan")["Counts"]) == plan.counts()
+    # A plan stored before policy changes existed has none.
+    older = await store.plans.load(PLAN_ID)
+    assert older is not None and older[0].policy_changes == []
 
 
 # -- SmtpGuardRequests: requests and their reservations ----------------------------------------------
