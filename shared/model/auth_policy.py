@@ -9,7 +9,7 @@ and put the previous assignment back when the exception ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -125,10 +125,6 @@ def policy_name(value: Any) -> str:
 
 def describe(policy: str) -> str:
     return f"'{policy}'" if policy else "none (the organisation's default)"
-
-
-def assignments_by_guid(assignments: Iterable[PolicyAssignment]) -> dict[str, PolicyAssignment]:
-    return {a.guid: a for a in assignments}
 
 
 @dataclass(frozen=True, slots=True)
